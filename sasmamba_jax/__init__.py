@@ -1,0 +1,1 @@
+"""SasMamba in JAX/Flax NNX."""
