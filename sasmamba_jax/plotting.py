@@ -1,0 +1,501 @@
+"""Pictures of lifted poses and of training runs, drawn with matplotlib alone.
+
+Figures are built from ``matplotlib.figure.Figure`` on an Agg canvas and never
+through ``pyplot``: nothing here needs a display, selects a backend or leaves
+figures in pyplot's global registry.
+
+Coordinate conventions (dimension letters: T frames, J = 17 joints):
+
+* ``keypoints_2d`` (T, J, 2|3) are image coordinates, x to the right and y
+  down. With ``image_size=(W, H)`` they are pixels; without it they are the
+  release's normalised screen coordinates (x in [-1, 1]). A third channel
+  (detector confidence) is accepted and ignored.
+* ``poses_3d`` and ``ground_truth_3d`` (T, J, 3) are root-relative poses in the
+  Human3.6M camera frame: x right, y DOWN, z away from the camera. They are
+  drawn as (x, z, -y), a right-handed frame whose vertical axis points up, so
+  a standing person is upright and the default view looks from the camera's
+  side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import animation
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from sasmamba_jax import skeleton
+
+_LEFT_COLOUR = "tab:blue"
+_RIGHT_COLOUR = "tab:orange"
+_CENTRE_COLOUR = "0.3"
+_GROUND_TRUTH_COLOUR = "tab:green"
+_GROUND_TRUTH_ALPHA = 0.55
+_SIDE_LABELS = {"left": "left side", "right": "right side", "centre": "spine and head"}
+_SIDE_COLOURS = {"left": _LEFT_COLOUR, "right": _RIGHT_COLOUR, "centre": _CENTRE_COLOUR}
+
+# Fraction of the data extent left free around the skeleton.
+_MARGIN = 0.1
+_FIGURE_SIZE_INCHES = (10.0, 5.0)
+_CURVE_KEYS = {"train/loss": "training loss", "eval/p1": "P1 (MPJPE)", "eval/p2": "P2 (P-MPJPE)"}
+
+
+def _bone_side(bone: tuple[int, int]) -> str:
+    """Returns 'left', 'right' or 'centre' for a (parent, child) bone."""
+    child = bone[1]
+    if child in skeleton.LEFT_JOINTS:
+        return "left"
+    if child in skeleton.RIGHT_JOINTS:
+        return "right"
+    return "centre"
+
+
+def _camera_to_display(poses: np.ndarray) -> np.ndarray:
+    """Maps camera-frame poses (..., 3) with y down to display axes (x, z, -y), up = +third."""
+    return np.stack([poses[..., 0], poses[..., 2], -poses[..., 1]], axis=-1)
+
+
+def _check_pose_array(name: str, array, channels: Sequence[int]) -> np.ndarray:
+    """Returns `array` as float (T, J, C) after checking its shape and values."""
+    array = np.asarray(array, dtype=np.float64)
+    wanted = " or ".join(f"(T, {skeleton.NUM_JOINTS}, {c})" for c in channels)
+    if array.ndim != 3 or array.shape[1] != skeleton.NUM_JOINTS or array.shape[2] not in channels:
+        raise ValueError(f"{name} must have shape {wanted}, got {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} has no frames")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _check_image_size(image_size) -> np.ndarray | None:
+    """Returns `image_size` as a float (2,) array [W, H], or None."""
+    if image_size is None:
+        return None
+    try:
+        size = np.asarray(image_size, dtype=np.float64)
+    except (TypeError, ValueError):
+        size = None
+    if size is None or size.shape != (2,) or not np.all(np.isfinite(size) & (size > 0)):
+        raise ValueError(f"image_size must be (W, H) with two positive numbers, got {image_size!r}")
+    return size
+
+
+def _check_sequences(keypoints_2d, poses_3d, ground_truth_3d):
+    """Validates the three sequences; returns them as float arrays with the same T."""
+    keypoints_2d = _check_pose_array("keypoints_2d", keypoints_2d, (2, 3))[..., :2]
+    poses_3d = _check_pose_array("poses_3d", poses_3d, (3,))
+    if len(poses_3d) != len(keypoints_2d):
+        raise ValueError(f"poses_3d has {len(poses_3d)} frames but keypoints_2d has {len(keypoints_2d)}")
+    if ground_truth_3d is not None:
+        ground_truth_3d = _check_pose_array("ground_truth_3d", ground_truth_3d, (3,))
+        if len(ground_truth_3d) != len(poses_3d):
+            raise ValueError(
+                f"ground_truth_3d has {len(ground_truth_3d)} frames but poses_3d has {len(poses_3d)}"
+            )
+    return keypoints_2d, poses_3d, ground_truth_3d
+
+
+def _check_frame(frame, num_frames: int) -> int:
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+        raise ValueError(f"frame must be an integer, got {frame!r}")
+    if not 0 <= frame < num_frames:
+        raise ValueError(f"frame {frame} is out of range for a sequence of {num_frames} frames")
+    return int(frame)
+
+
+def _padded_range(low: float, high: float, half_size: float) -> tuple[float, float]:
+    """An interval of half-width `half_size` centred on [low, high]."""
+    centre = 0.5 * (low + high)
+    return centre - half_size, centre + half_size
+
+
+def _equal_limits(points: np.ndarray) -> list[tuple[float, float]]:
+    """Equal-length (low, high) limits for each axis enclosing every point, with a margin.
+
+    Args:
+      points: (N, D) points.
+
+    Returns:
+      D (low, high) pairs of the same length, so a square or cube box keeps aspect.
+    """
+    low, high = points.min(axis=0), points.max(axis=0)
+    half_size = 0.5 * float(np.max(high - low)) * (1.0 + 2.0 * _MARGIN)
+    # A sequence of coincident points (e.g. all zeros) still needs a visible box.
+    half_size = half_size if half_size > 0 else 1.0
+    return [_padded_range(lo, hi, half_size) for lo, hi in zip(low, high)]
+
+
+def _image_limits(keypoints_2d: np.ndarray, image_size):
+    """(x_limits, y_limits) of the 2D panel, y limits reversed because image y points down.
+
+    Args:
+      keypoints_2d: (T, J, 2) keypoints.
+      image_size: (W, H) in pixels, or None for normalised coordinates.
+    """
+    if image_size is None:
+        x_limits, y_limits = _equal_limits(keypoints_2d.reshape(-1, 2))
+    else:
+        # Show the whole image, widened if detections fall outside it.
+        low = np.minimum(keypoints_2d.min(axis=(0, 1)), 0.0)
+        high = np.maximum(keypoints_2d.max(axis=(0, 1)), image_size)
+        x_limits, y_limits = (low[0], high[0]), (low[1], high[1])
+    return x_limits, (y_limits[1], y_limits[0])
+
+
+class _PoseFigure:
+    """The two-panel figure of `plot_frame`, whose artists move from frame to frame."""
+
+    def __init__(self, keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit):
+        self.keypoints_2d = keypoints_2d
+        self.poses_display = _camera_to_display(poses_3d)
+        self.ground_truth_display = None if ground_truth_3d is None else _camera_to_display(ground_truth_3d)
+        self.num_frames = len(poses_3d)
+        self.title = title
+
+        self.figure = Figure(figsize=_FIGURE_SIZE_INCHES, layout="constrained")
+        FigureCanvasAgg(self.figure)
+        self.axes_2d = self.figure.add_subplot(1, 2, 1)
+        self.axes_3d = self.figure.add_subplot(1, 2, 2, projection="3d")
+        self._style_2d_axes(image_size)
+        self._style_3d_axes(length_unit)
+
+        self.bones_2d = [self._bone_line_2d(bone) for bone in skeleton.BONES]
+        self.joints_2d = self.axes_2d.plot([], [], "o", color=_CENTRE_COLOUR, markersize=3)[0]
+        self.bones_3d = [self._bone_line_3d(bone, ground_truth=False) for bone in skeleton.BONES]
+        self.joints_3d = self._joint_markers_3d(ground_truth=False)
+        if self.ground_truth_display is None:
+            self.ground_truth_bones_3d, self.ground_truth_joints_3d = [], None
+        else:
+            self.ground_truth_bones_3d = [
+                self._bone_line_3d(bone, ground_truth=True) for bone in skeleton.BONES
+            ]
+            self.ground_truth_joints_3d = self._joint_markers_3d(ground_truth=True)
+        self._add_legend()
+
+    def _style_2d_axes(self, image_size):
+        x_limits, y_limits = _image_limits(self.keypoints_2d, image_size)
+        axes = self.axes_2d
+        axes.set_xlim(*x_limits)
+        axes.set_ylim(*y_limits)
+        axes.set_aspect("equal", adjustable="box")
+        axes.set_autoscale_on(False)
+        unit = "px" if image_size is not None else "normalised"
+        axes.set_xlabel(f"x, right ({unit})")
+        axes.set_ylabel(f"y, down ({unit})")
+        axes.set_title("2D input")
+        axes.grid(alpha=0.3)
+
+    def _style_3d_axes(self, length_unit):
+        every_pose = self.poses_display.reshape(-1, 3)
+        if self.ground_truth_display is not None:
+            every_pose = np.concatenate([every_pose, self.ground_truth_display.reshape(-1, 3)])
+        axes = self.axes_3d
+        x_limits, y_limits, z_limits = _equal_limits(every_pose)
+        axes.set_xlim3d(*x_limits)
+        axes.set_ylim3d(*y_limits)
+        axes.set_zlim3d(*z_limits)
+        axes.set_box_aspect((1.0, 1.0, 1.0))
+        axes.set_autoscale_on(False)
+        # Default 3D ticks overlap at this size.
+        for axis in (axes.xaxis, axes.yaxis, axes.zaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4))
+        axes.set_xlabel(f"x, right ({length_unit})")
+        axes.set_ylabel(f"z, depth ({length_unit})")
+        axes.set_zlabel(f"\N{MINUS SIGN}y, up ({length_unit})")
+        axes.set_title("3D pose (root-relative)")
+        # Slightly above and to the side of the camera, which looks along +depth.
+        axes.view_init(elev=15.0, azim=-70.0)
+
+    def _bone_line_2d(self, bone):
+        return self.axes_2d.plot([], [], color=_SIDE_COLOURS[_bone_side(bone)], linewidth=2.5)[0]
+
+    def _bone_line_3d(self, bone, ground_truth: bool):
+        if ground_truth:
+            style = dict(color=_GROUND_TRUTH_COLOUR, alpha=_GROUND_TRUTH_ALPHA, linewidth=1.5, linestyle="--")
+        else:
+            style = dict(color=_SIDE_COLOURS[_bone_side(bone)], linewidth=2.5)
+        return self.axes_3d.plot([], [], [], **style)[0]
+
+    def _joint_markers_3d(self, ground_truth: bool):
+        colour = _GROUND_TRUTH_COLOUR if ground_truth else _CENTRE_COLOUR
+        alpha = _GROUND_TRUTH_ALPHA if ground_truth else 1.0
+        markers = self.axes_3d.plot([], [], [], "o", color=colour, alpha=alpha, markersize=3)[0]
+        # Tests and callers find the joints of each pose by this id.
+        markers.set_gid("ground_truth_joints" if ground_truth else "prediction_joints")
+        return markers
+
+    def _add_legend(self):
+        handles = [
+            Line2D([], [], color=_SIDE_COLOURS[side], linewidth=2.5, label=label)
+            for side, label in _SIDE_LABELS.items()
+        ]
+        if self.ground_truth_display is not None:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=_GROUND_TRUTH_COLOUR,
+                    alpha=_GROUND_TRUTH_ALPHA,
+                    linewidth=1.5,
+                    linestyle="--",
+                    label="ground truth (3D)",
+                )
+            )
+        self.figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+
+    def show_frame(self, frame: int):
+        """Moves every artist to `frame`; the axes limits stay fixed."""
+        keypoints = self.keypoints_2d[frame]
+        for line, (parent, child) in zip(self.bones_2d, skeleton.BONES):
+            line.set_data(keypoints[[parent, child], 0], keypoints[[parent, child], 1])
+        self.joints_2d.set_data(keypoints[:, 0], keypoints[:, 1])
+        _move_pose_3d(self.bones_3d, self.joints_3d, self.poses_display[frame])
+        if self.ground_truth_display is not None:
+            _move_pose_3d(
+                self.ground_truth_bones_3d, self.ground_truth_joints_3d, self.ground_truth_display[frame]
+            )
+        counter = f"frame {frame}/{self.num_frames - 1}"
+        self.figure.suptitle(counter if self.title is None else f"{self.title}  ({counter})")
+
+
+def _move_pose_3d(bone_lines, joint_markers, pose):
+    """Puts one (J, 3) display-frame pose into its bone lines and joint markers."""
+    for line, (parent, child) in zip(bone_lines, skeleton.BONES):
+        segment = pose[[parent, child]]
+        line.set_data_3d(segment[:, 0], segment[:, 1], segment[:, 2])
+    joint_markers.set_data_3d(pose[:, 0], pose[:, 1], pose[:, 2])
+
+
+def _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit):
+    keypoints_2d, poses_3d, ground_truth_3d = _check_sequences(keypoints_2d, poses_3d, ground_truth_3d)
+    image_size = _check_image_size(image_size)
+    return _PoseFigure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+
+
+def plot_frame(
+    keypoints_2d,
+    poses_3d,
+    frame: int,
+    *,
+    ground_truth_3d=None,
+    image_size=None,
+    title: str | None = None,
+    length_unit: str = "mm",
+) -> Figure:
+    """Draws one frame: the 2D input on the left, the lifted 3D pose on the right.
+
+    The 3D panel is a cube fitted to the whole sequence (prediction and ground
+    truth together), so frames of one sequence share the same axes.
+
+    Args:
+      keypoints_2d: (T, J, 2) or (T, J, 3) image keypoints; a third channel
+        (confidence) is ignored. Pixels if `image_size` is given, else
+        normalised coordinates; y points down in both.
+      poses_3d: (T, J, 3) root-relative poses in the camera frame (y down).
+      frame: index in [0, T) of the frame to draw.
+      ground_truth_3d: optional (T, J, 3) poses drawn dashed in a second colour
+        on the same 3D axes.
+      image_size: optional (W, H) in pixels; the 2D panel then shows the image.
+      title: optional text put before the frame counter.
+      length_unit: unit of the 3D coordinates, used in the axis labels.
+
+    Returns:
+      A matplotlib Figure (not registered with pyplot).
+
+    Raises:
+      ValueError: on wrong shapes, mismatched frame counts, non-finite values,
+        a bad `image_size` or an out-of-range `frame`.
+    """
+    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+    pose_figure.show_frame(_check_frame(frame, pose_figure.num_frames))
+    return pose_figure.figure
+
+
+def save_frame(
+    path: str | os.PathLike,
+    keypoints_2d,
+    poses_3d,
+    frame: int,
+    *,
+    ground_truth_3d=None,
+    image_size=None,
+    title: str | None = None,
+    length_unit: str = "mm",
+    dpi: int = 100,
+) -> str:
+    """Writes `plot_frame(...)` to a PNG file and returns the path written.
+
+    Args:
+      path: output file; PNG is written whatever the suffix.
+      keypoints_2d, poses_3d, frame, ground_truth_3d, image_size, title,
+        length_unit: as in `plot_frame`.
+      dpi: resolution of the PNG.
+    """
+    figure = plot_frame(
+        keypoints_2d,
+        poses_3d,
+        frame,
+        ground_truth_3d=ground_truth_3d,
+        image_size=image_size,
+        title=title,
+        length_unit=length_unit,
+    )
+    figure.savefig(path, format="png", dpi=dpi)
+    return os.fspath(path)
+
+
+def _movie_writer(path: str | os.PathLike, fps: float) -> animation.AbstractMovieWriter:
+    """PillowWriter for .gif, FFMpegWriter for .mp4 (and only if ffmpeg is installed)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        return animation.PillowWriter(fps=fps)
+    if suffix == ".mp4":
+        if not animation.writers.is_available("ffmpeg"):
+            raise RuntimeError(
+                f"cannot write {os.fspath(path)!r}: MP4 needs ffmpeg, which matplotlib does not "
+                "find; install ffmpeg or ask for a .gif"
+            )
+        return animation.FFMpegWriter(fps=fps)
+    raise ValueError(f"animation path must end in .gif or .mp4, got {os.fspath(path)!r}")
+
+
+def save_animation(
+    path: str | os.PathLike,
+    keypoints_2d,
+    poses_3d,
+    *,
+    ground_truth_3d=None,
+    image_size=None,
+    fps: float = 25,
+    max_frames: int | None = None,
+    title: str | None = None,
+    length_unit: str = "mm",
+    dpi: int = 80,
+) -> str:
+    """Writes the sequence as an animated GIF, or as MP4 when `path` ends in .mp4.
+
+    Each movie frame is the `plot_frame` figure of one sequence frame; the
+    figure is built once and its artists moved, so every frame shares its axes.
+
+    Args:
+      path: output file ending in .gif (Pillow) or .mp4 (needs ffmpeg).
+      keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit:
+        as in `plot_frame`; the shapes are (T, J, 2|3) and (T, J, 3).
+      fps: frames per second of the movie.
+      max_frames: if given, only the first `max_frames` frames are written.
+      dpi: resolution of each movie frame.
+
+    Returns:
+      `path`, as a string.
+
+    Raises:
+      ValueError: on bad inputs (as in `plot_frame`), a non-positive `fps` or
+        `max_frames`, or a suffix other than .gif/.mp4.
+      RuntimeError: if .mp4 is asked for and ffmpeg is not available; there is
+        no silent fallback to GIF.
+    """
+    if not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1
+    ):
+        raise ValueError(f"max_frames must be a positive integer or None, got {max_frames!r}")
+    writer = _movie_writer(path, fps)
+    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+    num_frames = (
+        pose_figure.num_frames if max_frames is None else min(pose_figure.num_frames, int(max_frames))
+    )
+    with writer.saving(pose_figure.figure, os.fspath(path), dpi=dpi):
+        for frame in range(num_frames):
+            pose_figure.show_frame(frame)
+            writer.grab_frame()
+    return os.fspath(path)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_curves(metrics_jsonl_path) -> dict[str, tuple[list[float], list[float]]]:
+    """Reads (steps, values) for each key of `_CURVE_KEYS` present in a JSON-lines file."""
+    curves = {key: ([], []) for key in _CURVE_KEYS}
+    with open(metrics_jsonl_path, encoding="utf-8") as metrics_file:
+        for line_number, line in enumerate(metrics_file, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{os.fspath(metrics_jsonl_path)}:{line_number} is not valid JSON: {error}"
+                ) from error
+            if not isinstance(row, dict) or not _is_number(row.get("step")):
+                continue
+            for key, (steps, values) in curves.items():
+                if _is_number(row.get(key)):
+                    steps.append(row["step"])
+                    values.append(row[key])
+    return {key: curve for key, curve in curves.items() if curve[0]}
+
+
+def plot_training_curves(
+    metrics_jsonl_path: str | os.PathLike, out_png: str | os.PathLike, *, dpi: int = 100
+) -> str:
+    """Plots training loss and eval P1/P2 (mm) against step, and writes a PNG.
+
+    Each line of the file is a JSON object; rows with a numeric "step" and any
+    of "train/loss", "eval/p1", "eval/p2" are used, other keys and rows are
+    ignored. The loss gets its own panel (log scale when all values are
+    positive) above a P1/P2 panel; a panel whose keys never appear is left out.
+
+    Args:
+      metrics_jsonl_path: JSON-lines metrics file.
+      out_png: output PNG path.
+      dpi: resolution of the PNG.
+
+    Returns:
+      `out_png`, as a string.
+
+    Raises:
+      ValueError: if a line is not valid JSON or no row is usable.
+    """
+    curves = _read_curves(metrics_jsonl_path)
+    if not curves:
+        raise ValueError(
+            f"{os.fspath(metrics_jsonl_path)} has no row with a numeric 'step' and any of "
+            f"{sorted(_CURVE_KEYS)}"
+        )
+    panels = [keys for keys in (["train/loss"], ["eval/p1", "eval/p2"]) if any(key in curves for key in keys)]
+    figure = Figure(figsize=(7.0, 3.0 * len(panels)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, keys in zip(axes_list, panels):
+        for key in keys:
+            if key not in curves:
+                continue
+            steps, values = curves[key]
+            if key == "train/loss":
+                axes.plot(steps, values, label=_CURVE_KEYS[key])
+                axes.set_ylabel("loss")
+                if min(values) > 0:
+                    axes.set_yscale("log")
+            else:
+                best = int(np.argmin(values))
+                label = f"{_CURVE_KEYS[key]}, best {values[best]:.2f} mm at step {steps[best]}"
+                axes.plot(steps, values, marker="o", markersize=3, label=label)
+                axes.set_ylabel("error (mm)")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    axes_list[-1].set_xlabel("step")
+    figure.savefig(out_png, format="png", dpi=dpi)
+    return os.fspath(out_png)
