@@ -210,30 +210,47 @@ class StrideSSM(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, T, J, C) -> (B, T, J, C)."""
+        x, z = jnp.split(self.in_proj(x), 2, axis=-1)
+        u = stride_scan(nnx.silu(self.deformable_conv(x)), self.config.stride_grad)
+        y = stride_merge(self.scan(u), x.shape[1])
+        return self.out_proj(self.out_norm(y) * nnx.silu(z))
+
+    def deformable_conv(self, x: jax.Array) -> jax.Array:
+        """The structure-aware spatio-temporal convolution: (B, T, J, E) -> (B, T, J, E)."""
+        dtype = self.config.compute_dtype
+        kernel, bias = self.dcn_kernel[...].astype(dtype), self.dcn_bias[...].astype(dtype)
+        return deform_conv2d_depthwise(x, self.offset_conv(x), kernel, bias)
+
+    def scan_inputs(self, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Per-direction step sizes and state projections of the scan sequences.
+
+        Args:
+            u: (B, L, K, E) scan sequences.
+
+        Returns:
+            delta (B, L, K, E) before softplus and bias, B (B, L, K, N), C (B, L, K, N).
+        """
         cfg = self.config
         dtype = cfg.compute_dtype
-        x, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        offsets = self.offset_conv(x)
-        x = deform_conv2d_depthwise(
-            x, offsets, self.dcn_kernel.value.astype(dtype), self.dcn_bias.value.astype(dtype)
-        )
-        u = stride_scan(nnx.silu(x), cfg.stride_grad)
-        projected = jnp.einsum("blke,kce->blkc", u, self.x_proj.value.astype(dtype))
+        projected = jnp.einsum("blke,kce->blkc", u, self.x_proj[...].astype(dtype))
         dt, B, C = jnp.split(projected, [cfg.dt_rank, cfg.dt_rank + cfg.d_state], axis=-1)
-        delta = jnp.einsum("blkr,ker->blke", dt, self.dt_proj_kernel.value.astype(dtype))
-        y = selective_scan(
+        delta = jnp.einsum("blkr,ker->blke", dt, self.dt_proj_kernel[...].astype(dtype))
+        return delta, B, C
+
+    def scan(self, u: jax.Array) -> jax.Array:
+        """The selective scan of every direction: (B, L, K, E) -> (B, L, K, E)."""
+        delta, B, C = self.scan_inputs(u)
+        return selective_scan(
             u,
             delta,
-            -jnp.exp(self.A_log.value),
+            -jnp.exp(self.A_log[...]),
             B,
             C,
-            self.D.value,
-            self.dt_proj_bias.value,
-            backend=cfg.scan,
-            chunk_size=cfg.chunk_size,
+            self.D[...],
+            self.dt_proj_bias[...],
+            backend=self.config.scan,
+            chunk_size=self.config.chunk_size,
         )
-        y = stride_merge(y, x.shape[1])
-        return self.out_proj(self.out_norm(y) * nnx.silu(z))
 
 
 class Mlp(nnx.Module):
@@ -293,11 +310,11 @@ class SasMamba(nnx.Module):
         check_input_shape(x.shape, self.config)
         dtype = self.config.compute_dtype
         num_frames = x.shape[1]
-        h = self.joint_embed(x.astype(dtype)) + self.joint_pos_embed.value.astype(dtype)
+        h = self.joint_embed(x.astype(dtype)) + self.joint_pos_embed[...].astype(dtype)
         for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
             h = self.spatial_norm(spatial(h, rngs=rngs))
             if i == 0:
-                h = h + self.frame_pos_embed.value[:num_frames, None].astype(dtype)
+                h = h + self.frame_pos_embed[...][:num_frames, None].astype(dtype)
             h = self.temporal_norm(temporal(h, rngs=rngs))
         return self.head(self.head_norm(h)).astype(jnp.float32)
 
