@@ -74,19 +74,21 @@ def _linear(torch_prefix, jax_path, bias):
 
 def _block(torch_prefix, jax_path):
     op, jop = f"{torch_prefix}.op", (*jax_path, "op")
+    # torch lists a module's own parameters before its submodules' ones, so the
+    # op's x_proj .. Ds come before in_proj.
     return [
         *_layer_norm(f"{torch_prefix}.norm", (*jax_path, "norm")),
-        *_linear(f"{op}.in_proj", (*jop, "in_proj"), bias=False),
-        Entry(f"{op}.conv2d.offset_conv.weight", (*jop, "offset_conv", "kernel"), CONV),
-        Entry(f"{op}.conv2d.offset_conv.bias", (*jop, "offset_conv", "bias"), SAME),
-        Entry(f"{op}.conv2d.dcn.weight", (*jop, "dcn_kernel"), DEPTHWISE),
-        Entry(f"{op}.conv2d.dcn.bias", (*jop, "dcn_bias"), SAME),
         Entry(f"{op}.x_proj_weight", (*jop, "x_proj"), SAME),
         Entry(f"{op}.dt_projs_weight", (*jop, "dt_proj_kernel"), SAME),
         Entry(f"{op}.dt_projs_bias", (*jop, "dt_proj_bias"), SAME),
         Entry(f"{op}.A_logs", (*jop, "A_log"), PER_DIRECTION),
         Entry(f"{op}.Ds", (*jop, "D"), PER_DIRECTION),
         *_layer_norm(f"{op}.out_norm", (*jop, "out_norm")),
+        *_linear(f"{op}.in_proj", (*jop, "in_proj"), bias=False),
+        Entry(f"{op}.conv2d.offset_conv.weight", (*jop, "offset_conv", "kernel"), CONV),
+        Entry(f"{op}.conv2d.offset_conv.bias", (*jop, "offset_conv", "bias"), SAME),
+        Entry(f"{op}.conv2d.dcn.weight", (*jop, "dcn_kernel"), DEPTHWISE),
+        Entry(f"{op}.conv2d.dcn.bias", (*jop, "dcn_bias"), SAME),
         *_linear(f"{op}.out_proj", (*jop, "out_proj"), bias=False),
         *_layer_norm(f"{torch_prefix}.norm2", (*jax_path, "norm2")),
         *_linear(f"{torch_prefix}.mlp.fc1", (*jax_path, "mlp", "fc1"), bias=True),
@@ -245,13 +247,14 @@ def read_pytorch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = str(e).strip()
+        reason = f"{type(e).__name__}: {message.splitlines()[0]}" if message else type(e).__name__
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {reason}") from None
     if isinstance(loaded, Mapping) and "model" in loaded:
         loaded = loaded["model"]
     elif isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(torch.is_tensor(v) for v in loaded.values()):
+    if not (isinstance(loaded, Mapping) and loaded and all(map(torch.is_tensor, loaded.values()))):
         raise CheckpointError(
             f"{path} holds no state_dict (expected tensors by name, or a dict with 'model')"
         )
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             write_pytorch_checkpoint(checkpoint.export_pytorch_state_dict(model), args.destination)
             print(f"wrote {args.destination}")
             return 0
+        if args.check and not os.path.isfile(args.check):
+            raise CheckpointError(f"reference file not found: {args.check}")
         model = checkpoint.load_model(args.source)
         checkpoint.save_model(model, args.destination, overwrite=args.overwrite)
         print(f"wrote {args.destination} ({dataclasses.asdict(model.config)})")
@@ -336,4 +341,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m` this file runs as __main__ while checkpoint imports it again as
+    # sasmamba_jax.convert; run that copy so the CheckpointError it raises is the one main catches.
+    from sasmamba_jax.convert import main as package_main
+
+    sys.exit(package_main())
