@@ -104,7 +104,7 @@ class SasMambaConfig:
 
     @property
     def inner_dim(self) -> int:
-        return int(self.ssm_ratio * self.dim)
+        return round(self.ssm_ratio * self.dim)
 
     @property
     def dt_rank(self) -> int:
@@ -112,7 +112,7 @@ class SasMambaConfig:
 
     @property
     def mlp_dim(self) -> int:
-        return int(self.dim * self.mlp_ratio)
+        return round(self.dim * self.mlp_ratio)
 
     @property
     def compute_dtype(self):

@@ -30,8 +30,21 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-Backend = Literal["associative", "chunked", "sequential"]
-BACKENDS = ("associative", "chunked", "sequential")
+Backend = Literal["auto", "associative", "chunked", "sequential"]
+BACKENDS = ("auto", "associative", "chunked", "sequential")
+# What "auto" runs on each platform: the back end measured fastest there for
+# the published model (benchmarks/scan.py and benchmarks/model.py; README,
+# "Performance"). TPU is unmeasured and keeps the associative scan.
+AUTO_BACKENDS = {"cpu": "sequential", "gpu": "associative", "tpu": "associative"}
+
+
+def resolve_backend(backend: Backend) -> str:
+    """The concrete back end ``backend`` stands for on the default platform."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return AUTO_BACKENDS.get(jax.default_backend(), "associative")
+    return backend
 
 
 def selective_scan(
@@ -56,14 +69,14 @@ def selective_scan(
         C: (B, L, K, N) output projections.
         D: (K, E) skip connection.
         delta_bias: (K, E) step-size bias.
-        backend: "associative", "chunked" or "sequential".
+        backend: "associative", "chunked", "sequential", or "auto" (the
+            fastest measured on the default platform; ``AUTO_BACKENDS``).
         chunk_size: steps per chunk of the "chunked" back end.
 
     Returns:
         (B, L, K, E) outputs in the dtype of ``u``.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
+    backend = resolve_backend(backend)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     u32, B32, C32, A32, D32 = (t.astype(jnp.float32) for t in (u, B, C, A, D))
