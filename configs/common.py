@@ -1,0 +1,96 @@
+"""The release's training recipe, shared by every config file.
+
+A config file's ``get_config()`` starts from ``base_config()`` and changes what
+differs. Keys are locked: a typo on the command line
+(``--config.optimizer.learnig_rate=...``) fails instead of being ignored.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # SasMambaConfig fields (sasmamba_jax/model.py). The published small
+    # Human3.6M model.
+    config.model = ml_collections.ConfigDict(
+        dict(
+            num_frames=243,
+            in_chans=2,
+            dim=64,
+            depth=5,
+            mlp_ratio=2.0,
+            ssm_conv=3,
+            d_state=16,
+            ssm_ratio=2.0,
+            drop_path_rate=0.2,
+            # "auto" picks the back end measured fastest for the platform.
+            scan="auto",
+            chunk_size=64,
+            # "release": the release's backward of the stride scan (what its
+            # published weights were trained with); "exact": the true gradient.
+            stride_grad="release",
+        )
+    )
+    # Compute dtype: "float32" or "bfloat16" (parameters, optimizer state and
+    # the scan's state stay float32).
+    config.dtype = "float32"
+
+    config.data = ml_collections.ConfigDict(
+        dict(
+            # "h36m": MotionBERT's pickle (pkl_path); "3dhp": P-STMO's npz
+            # files (train_npz, test_npz).
+            dataset="h36m",
+            pkl_path="",
+            train_npz="",
+            test_npz="",
+            sample_stride=1,
+            # Clip strides; 0 means the release's defaults (T / 3 for
+            # training, T for the test split).
+            train_stride=0,
+            test_stride=0,
+            flip=True,
+        )
+    )
+
+    config.seed = 0
+    config.batch_size = 16
+    config.num_epochs = 300
+    # Stop after this many steps (-1: run all epochs).
+    config.max_steps = -1
+    # 0: once per epoch.
+    config.checkpoint_every_steps = 0
+    config.eval_every_steps = 0
+    config.log_every_steps = 50
+    config.keep_checkpoints = 3
+
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=5e-4,
+            # AdamW's decoupled weight decay, on every parameter (the release).
+            weight_decay=0.01,
+            # Learning rate multiplied by this after every epoch.
+            lr_decay=0.99,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+        )
+    )
+
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            # Average with the prediction for the mirrored input.
+            flip=True,
+            batch_size=32,
+        )
+    )
+
+    # Device mesh: sizes of the "data" and "fsdp" axes; -1 takes the rest of
+    # the devices. Parameters are sharded along "fsdp", batches along both.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+    # Where a run resumes from is its workdir; this only names a starting
+    # point for fresh runs (an Orbax model directory or a release .pth).
+    config.init_from = config_dict.placeholder(str)
+    return config

@@ -1,0 +1,90 @@
+"""Evaluates a SasMamba checkpoint with the release's protocol.
+
+    python eval.py --config=configs/h36m_243.py \
+        --config.data.pkl_path=h36m_sh_conf_cam_source_final.pkl \
+        --checkpoint=CKPT --output=results.json [--plot=clip.gif]
+
+CKPT: a release .pth (converted in memory), a model directory written by
+``python -m sasmamba_jax.convert``, or a train.py workdir. The model's shape
+comes from the checkpoint; the config supplies the data, the evaluation
+settings (``--config.eval.flip=False`` turns test-time flipping off) and run
+options such as ``--config.model.scan``.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from sasmamba_jax import checkpoint, distributed, eval_lib, evaluation, plotting, sharding
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "h36m_243.py")
+
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (data and eval settings).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
+_PLOT = flags.DEFINE_string(
+    "plot", None, "Write a GIF/MP4 of the first test clip, predicted vs ground truth."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+
+RUN_OPTIONS = ("scan", "chunk_size", "stride_grad")
+
+
+def _plot_first_clip(path, task, predictions):
+    """Prediction vs ground truth on the first test clip, in mm for Human3.6M."""
+    inputs = task.data.test_inputs[0]
+    pred = predictions[0] - predictions[0][:, task.root_joint : task.root_joint + 1]
+    if task.name == "h36m":
+        frames = task.data.test_clip_frames[0]
+        scale = (task.data.test_clip_widths[0] / 2 * task.data.test_factors[frames])[:, None, None]
+        truth = task.data.test_joints_mm[frames]
+        truth = truth - truth[:, task.root_joint : task.root_joint + 1]
+        pred, unit = pred * scale, "mm"
+    else:
+        truth, unit = None, "normalised units"
+    plotting.save_animation(path, inputs[..., :2], pred, ground_truth_3d=truth, length_unit=unit)
+
+
+def main(argv):
+    del argv
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    config = _CONFIG.value
+    options = {name: config.model[name] for name in RUN_OPTIONS}
+    try:
+        model = checkpoint.load_model(_CHECKPOINT.value, dtype=config.dtype, **options)
+        task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    except (ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mesh = sharding.make_mesh(config.mesh)
+    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
+    predictions = eval_lib.predict_clips(
+        graphdef,
+        params,
+        task.data.test_inputs[..., : model.config.in_chans],
+        batch_size=config.eval.batch_size,
+        flip_permutation=task.flip_permutation if config.eval.flip else None,
+        mesh=mesh,
+    )
+    results = task.evaluate(predictions)
+    if task.name == "h36m":
+        print(evaluation.format_results_table(results))
+    else:
+        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(results, f, indent=2)
+    if _PLOT.value:
+        _plot_first_clip(_PLOT.value, task, np.asarray(predictions))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,141 @@
+"""Model predictions on test clips, and the tasks (datasets with their protocols).
+
+Shared by ``train.py`` (periodic evaluation) and ``eval.py``.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sasmamba_jax import evaluation, skeleton
+from sasmamba_jax.data import augment, h36m, mpi3dhp
+from sasmamba_jax.sharding import batch_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A dataset with what training and evaluation need to know about it.
+
+    Attributes:
+        name: "h36m" or "3dhp".
+        data: the loaded ``H36MData`` or ``MPI3DHPData``.
+        root_joint: joint the targets are relative to.
+        flip_permutation: left/right joint swap of this dataset's joint order.
+        evaluate: (M, T, 17, 3) test predictions -> results dict (mm).
+    """
+
+    name: str
+    data: h36m.H36MData | mpi3dhp.MPI3DHPData
+    root_joint: int
+    flip_permutation: tuple[int, ...]
+    evaluate: Callable[[np.ndarray], dict]
+
+
+def load_task(data_config: ml_collections.ConfigDict, num_frames: int, seed: int) -> Task:
+    """Loads the dataset a config names, split into clips of ``num_frames``."""
+    strides = dict(train_stride=data_config.train_stride or None)
+    if data_config.dataset == "h36m":
+        if not data_config.pkl_path:
+            raise ValueError("set --config.data.pkl_path to MotionBERT's Human3.6M pickle")
+        data = h36m.load_h36m(
+            data_config.pkl_path,
+            num_frames,
+            seed=seed,
+            sample_stride=data_config.sample_stride,
+            test_stride=data_config.test_stride or None,
+            **strides,
+        )
+        evaluate = functools.partial(evaluation.evaluate_h36m, data=data)
+        return Task("h36m", data, skeleton.ROOT, skeleton.FLIP_PERMUTATION, evaluate)
+    if data_config.dataset == "3dhp":
+        if not data_config.test_npz:
+            raise ValueError("set --config.data.test_npz (and train_npz) to P-STMO's MPI-INF-3DHP files")
+        data = mpi3dhp.load_3dhp(data_config.train_npz or None, data_config.test_npz, num_frames, **strides)
+        evaluate = functools.partial(evaluation.evaluate_3dhp, data=data)
+        return Task("3dhp", data, mpi3dhp.ROOT_JOINT, mpi3dhp.FLIP_PERMUTATION, evaluate)
+    raise ValueError(f"unknown dataset {data_config.dataset!r}; expected 'h36m' or '3dhp'")
+
+
+def mean_pose_baseline(task: Task) -> dict:
+    """Scores predicting the mean root-relative training pose for every test frame."""
+    targets = task.data.train_targets
+    mean_pose = (targets - targets[:, :, task.root_joint : task.root_joint + 1]).mean(axis=(0, 1))
+    test_shape = task.data.test_inputs.shape[:2]
+    return task.evaluate(np.broadcast_to(mean_pose, (*test_shape, *mean_pose.shape)))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "flip_permutation", "out_sharding"))
+def _predict_batch(graphdef, params, x, flip_permutation, out_sharding):
+    model = nnx.merge(graphdef, params)
+    pred = model(x)
+    if flip_permutation is not None:
+        flipped = model(augment.flip_pose(x, flip_permutation))
+        pred = (pred + augment.flip_pose(flipped, flip_permutation)) / 2
+    return jax.lax.with_sharding_constraint(pred, out_sharding)
+
+
+def predict_clips(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    clips: np.ndarray,
+    *,
+    batch_size: int,
+    flip_permutation: tuple[int, ...] | None,
+    mesh: Mesh,
+) -> np.ndarray:
+    """Predicts every clip, batch by batch, sharded over the mesh.
+
+    Every process passes the same ``clips``; each feeds the shards its devices
+    hold, and every process gets all predictions back.
+
+    Args:
+        graphdef, params: an eval-mode model split with ``nnx.split``.
+        clips: (M, T, 17, C) model inputs.
+        batch_size: clips per step (rounded up to a multiple of the device count).
+        flip_permutation: average with the mirrored input's prediction
+            (test-time flip augmentation), or None.
+        mesh: the device mesh.
+
+    Returns:
+        (M, T, 17, 3) float32 predictions.
+    """
+    clips = np.asarray(clips, np.float32)
+    num_devices = mesh.devices.size
+    batch_size = -(-batch_size // num_devices) * num_devices
+    in_sharding = batch_sharding(mesh)
+    out_sharding = NamedSharding(mesh, PartitionSpec())
+    outputs = []
+    for start in range(0, len(clips), batch_size):
+        batch = clips[start : start + batch_size]
+        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.float32)])
+        x = jax.make_array_from_callback(padded.shape, in_sharding, lambda index, p=padded: p[index])
+        pred = _predict_batch(graphdef, params, x, flip_permutation, out_sharding)
+        outputs.append(np.asarray(pred)[: len(batch)])
+    if not outputs:
+        return np.zeros((0, *clips.shape[1:3], 3), np.float32)
+    return np.concatenate(outputs)
+
+
+def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> dict:
+    """Runs the dataset's evaluation protocol on an eval-mode model."""
+    predictions = predict_clips(
+        graphdef,
+        params,
+        task.data.test_inputs[..., :in_chans],
+        batch_size=eval_config.batch_size,
+        flip_permutation=task.flip_permutation if eval_config.flip else None,
+        mesh=mesh,
+    )
+    return task.evaluate(predictions)
+
+
+def eval_graphdef(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:
+    """The eval-mode (no DropPath) twin of a model's graphdef."""
+    model = nnx.merge(graphdef, params)
+    return nnx.split(nnx.view(model, deterministic=True))[0]

@@ -1,0 +1,41 @@
+"""Scalar metrics a person can plot: JSON lines and TensorBoard event files."""
+
+import json
+import os
+
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWriter:
+    """Appends ``{"step": s, name: value, ...}`` rows to ``workdir/metrics.jsonl``
+    and the same scalars to TensorBoard event files in ``workdir/tensorboard``.
+
+    Only the writing process (process 0 in multi-host runs) should enable it;
+    a disabled writer accepts every call and writes nothing.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self._enabled = enabled
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+        self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self._enabled:
+            return
+        row = {"step": int(step), **{name: float(value) for name, value in scalars.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._tensorboard.add_scalar(name, float(value), int(step))
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._jsonl.close()
+            self._tensorboard.close()

@@ -1,0 +1,428 @@
+"""Training: the state, one jitted step, and the checkpointed, sharded loop.
+
+Public step API (compose your own loop with it)::
+
+    model = train_lib.create_model(config)
+    state = train_lib.create_train_state(config, model, steps_per_epoch=n)
+    state, metrics = train_lib.train_step(state, {"input_2d": x, "target_3d": y})
+
+``train_and_evaluate(config, workdir)`` is the whole recipe of the release
+(its loss, AdamW, per-epoch learning-rate decay, DropPath, flip augmentation,
+periodic evaluation) on any number of devices and hosts, resuming
+automatically from ``workdir/checkpoints``.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx, struct
+from tqdm import tqdm
+
+from sasmamba_jax import checkpoint, eval_lib, losses, plotting, sharding
+from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
+from sasmamba_jax.metric_writers import MetricWriter
+from sasmamba_jax.model import SasMamba, SasMambaConfig
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+RESULTS_FILE = "results.json"
+CURVES_FILE = "curves.png"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes.
+
+    Attributes:
+        step: () int32, optimizer steps taken.
+        params: the model's parameters.
+        opt_state: AdamW's moments and step count.
+        rng: (2,) uint32 base key; step s uses ``fold_in(rng, s)`` for DropPath.
+        graphdef: the model's structure (static), in training mode.
+        tx: the optimizer (static).
+    """
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def arrays(self) -> dict[str, Any]:
+        """The checkpointed part: every array, nothing static."""
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state, "rng": self.rng}
+
+    def with_arrays(self, arrays: dict[str, Any]) -> "TrainState":
+        return self.replace(**arrays)
+
+
+def model_config(config: ml_collections.ConfigDict) -> SasMambaConfig:
+    """The model a training config describes (``config.model`` plus ``config.dtype``)."""
+    return SasMambaConfig.from_dict({**config.model.to_dict(), "dtype": config.dtype})
+
+
+def create_model(config: ml_collections.ConfigDict) -> SasMamba:
+    """A freshly initialised SasMamba (the release's initialisation), seeded by ``config.seed``."""
+    model_cfg = model_config(config)
+    return nnx.jit(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(params=config.seed)))()
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> optax.Schedule:
+    """The release's learning rate: multiplied by ``lr_decay`` after every epoch."""
+    opt = config.optimizer
+    if not steps_per_epoch:
+        return optax.constant_schedule(opt.learning_rate)
+    return optax.exponential_decay(
+        opt.learning_rate, transition_steps=steps_per_epoch, decay_rate=opt.lr_decay, staircase=True
+    )
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: SasMamba, *, steps_per_epoch: int | None = None
+) -> TrainState:
+    """Wraps a model into a fresh training state.
+
+    Args:
+        config: a training config (``optimizer.*``, ``seed``).
+        model: the model to train; its parameters are taken as they are.
+        steps_per_epoch: enables the per-epoch learning-rate decay (constant
+            learning rate when None).
+    """
+    opt = config.optimizer
+    tx = optax.adamw(
+        learning_rate_schedule(config, steps_per_epoch),
+        b1=opt.b1,
+        b2=opt.b2,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+    )
+    graphdef, params = nnx.split(nnx.view(model, deterministic=False))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(config.seed)),
+        graphdef=graphdef,
+        tx=tx,
+    )
+
+
+def loss_and_grads(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.Array], dropout_key: jax.Array
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]:
+    """The release's loss on a batch and its gradient w.r.t. the parameters.
+
+    Returns:
+        ((loss, {"mpjpe", "n_mpjpe", "velocity"}), grads).
+    """
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        pred = model(batch["input_2d"], rngs=nnx.Rngs(dropout=dropout_key))
+        return losses.pose_loss(pred, batch["target_3d"])
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def dropout_key(state: TrainState) -> jax.Array:
+    """DropPath's key for the state's current step."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def _train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    (loss, terms), grads = loss_and_grads(state.graphdef, state.params, batch, dropout_key(state))
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        **terms,
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+train_step = jax.jit(_train_step, donate_argnums=0)
+train_step.__doc__ = """One optimizer step of the release's recipe (jitted; ``state`` is donated).
+
+Args:
+    state: the TrainState (its arrays may be sharded over a mesh).
+    batch: {"input_2d": (B, T, 17, C_in), "target_3d": (B, T, 17, 3)}, targets
+        root-relative.
+
+Returns:
+    (new state, metrics): "loss", its terms "mpjpe", "n_mpjpe", "velocity",
+    "grad_norm" and "param_norm", as scalars.
+"""
+
+
+def model_from_state(state: TrainState) -> SasMamba:
+    """The model with the state's parameters, in eval mode."""
+    model = nnx.merge(state.graphdef, jax.device_get(state.params))
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoint_managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+    """The latest ``keep`` checkpoints, and the best one by test P1."""
+    root = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    latest = ocp.CheckpointManager(
+        os.path.join(root, LATEST),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+    best = ocp.CheckpointManager(
+        os.path.join(root, BEST),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics["p1"], best_mode="min", create=True
+        ),
+    )
+    return latest, best
+
+
+def _save_args(state: TrainState, loader_state: dict, config: ml_collections.ConfigDict):
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state.arrays()),
+        loader=ocp.args.JsonSave(loader_state),
+        config=ocp.args.JsonSave(json.loads(config.to_json())),
+    )
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tuple[TrainState, dict]:
+    """Restores arrays into ``state``'s shardings, and the data loader's position."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.arrays())
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loader=ocp.args.JsonRestore()),
+    )
+    return state.with_arrays(restored.state), restored.loader
+
+
+def load_model_from_workdir(workdir: str, **options: Any) -> SasMamba:
+    """The latest checkpoint's model of a training workdir, in eval mode.
+
+    Args:
+        workdir: a ``train.py`` workdir.
+        **options: overrides of the model's run options (scan, stride_grad, ...).
+    """
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
+    step = manager.latest_step()
+    if step is None:
+        raise checkpoint.CheckpointError(f"{workdir} has no training checkpoint yet")
+    saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    config = ml_collections.ConfigDict(saved_config)
+    model_cfg = model_config(config).with_options(**options)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore({"params": abstract_params}, partial_restore=True)
+        ),
+    )
+    model = nnx.merge(graphdef, restored.state["params"])
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+
+
+@dataclasses.dataclass
+class _Schedule:
+    """When the loop logs, evaluates and checkpoints."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch):
+        total = config.num_epochs * steps_per_epoch
+        if config.max_steps > 0:
+            total = min(total, config.max_steps)
+        return cls(
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            log_every=max(1, config.log_every_steps),
+            eval_every=config.eval_every_steps or steps_per_epoch,
+            checkpoint_every=config.checkpoint_every_steps or steps_per_epoch,
+        )
+
+    def due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total_steps
+
+
+def _place_state(state: TrainState, mesh) -> TrainState:
+    shardings = sharding.tree_shardings(mesh, state.arrays())
+    return state.with_arrays(sharding.put_replicated_host_tree(jax.device_get(state.arrays()), shardings))
+
+
+def _initial_model(config) -> SasMamba:
+    if config.init_from:
+        model = checkpoint.load_model(config.init_from)
+        wanted = model_config(config)
+        for field in SasMambaConfig.SHAPE_FIELDS:
+            if getattr(model.config, field) != getattr(wanted, field):
+                raise ValueError(
+                    f"init_from {config.init_from} has {field}={getattr(model.config, field)}, "
+                    f"the config asks for {getattr(wanted, field)}"
+                )
+        return checkpoint.build_model(wanted, checkpoint.params_of(model))
+    return create_model(config)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates a SasMamba; resumes from ``workdir`` if it holds checkpoints.
+
+    Writes ``workdir/checkpoints/{latest,best}`` (Orbax), ``metrics.jsonl`` and
+    TensorBoard events, ``curves.png`` and ``results.json``.
+
+    Returns:
+        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps, wall time.
+    """
+    start_time = time.time()
+    is_writer = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh)
+    model_cfg = model_config(config)
+    task = eval_lib.load_task(config.data, model_cfg.num_frames, config.seed)
+    loader = ClipLoader(
+        task.data.train_inputs,
+        task.data.train_targets,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        flip=config.data.flip,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        input_channels=model_cfg.in_chans,
+        root_joint=task.root_joint,
+        flip_permutation=task.flip_permutation,
+    )
+    schedule = _Schedule.from_config(config, loader.steps_per_epoch)
+    state = _place_state(
+        create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch), mesh
+    )
+    latest, best = _checkpoint_managers(workdir, config.keep_checkpoints)
+    if latest.latest_step() is not None:
+        state, loader_state = _restore(latest, latest.latest_step(), state)
+        loader.set_state(loader_state)
+        if is_writer:
+            print(f"resumed from {latest.directory} at step {int(state.step)}")
+    writer = MetricWriter(workdir, enabled=is_writer)
+    batch_sharding = sharding.batch_sharding(mesh)
+    lr_schedule = learning_rate_schedule(config, loader.steps_per_epoch)
+    baseline = eval_lib.mean_pose_baseline(task)
+
+    def evaluate(state):
+        graphdef = eval_lib.eval_graphdef(state.graphdef, state.params)
+        return eval_lib.evaluate_model(graphdef, state.params, task, config.eval, mesh, model_cfg.in_chans)
+
+    step = int(state.step)
+    results = None
+    window = []  # metrics of the steps since the last log row
+    unchecked = []  # (step, loss) of steps whose loss has not been looked at yet
+    window_start = time.time()
+    progress = tqdm(
+        total=schedule.total_steps, initial=step, disable=not is_writer, desc="train", unit="step"
+    )
+    try:
+        while step < schedule.total_steps:
+            batch = make_global_batch(next(loader), batch_sharding)
+            state, metrics = train_step(state, batch)
+            step += 1
+            window.append(metrics)
+            unchecked.append((step, metrics["loss"]))
+            # Look at the previous step's loss while this one runs on the device.
+            _check_finite(unchecked[:-1])
+            unchecked = unchecked[-1:]
+            log_now = schedule.due(step, schedule.log_every)
+            eval_now = schedule.due(step, schedule.eval_every)
+            save_now = schedule.due(step, schedule.checkpoint_every)
+            if log_now or eval_now or save_now:
+                _check_finite(unchecked)
+                unchecked = []
+            if log_now:
+                summary = _summarise(jax.device_get(window), time.time() - window_start, config.batch_size)
+                summary["train/learning_rate"] = float(lr_schedule(step - 1))
+                writer.write(step, summary)
+                progress.set_postfix(
+                    loss=f"{summary['train/loss']:.4f}", clips_s=f"{summary['train/clips_per_s']:.1f}"
+                )
+                window, window_start = [], time.time()
+            progress.update(1)
+            eval_results = None
+            if eval_now:
+                eval_results = results = evaluate(state)
+                writer.write(step, {"eval/p1": results["p1"], **_secondary(results)})
+            if save_now:
+                save_args = _save_args(state, loader.get_state(), config)
+                latest.save(step, args=save_args)
+                if eval_results is not None:
+                    best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
+    finally:
+        progress.close()
+        latest.wait_until_finished()
+        best.wait_until_finished()
+        writer.close()
+
+    if results is None:
+        results = evaluate(state)
+    final = {
+        "p1": results["p1"],
+        **_secondary(results, prefix=""),
+        "baseline_p1": baseline["p1"],
+        "steps": step,
+        "wall_s": time.time() - start_time,
+        "eval": results,
+    }
+    if is_writer:
+        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+            json.dump(final, f, indent=2)
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(metrics_path):
+            plotting.plot_training_curves(metrics_path, os.path.join(workdir, CURVES_FILE))
+    return final
+
+
+def _secondary(results: dict, prefix: str = "eval/") -> dict[str, float]:
+    """The dataset's other headline numbers (P2 for Human3.6M, PCK/AUC for 3DHP)."""
+    keys = ("p2", "accel", "pck", "auc")
+    return {f"{prefix}{k}": results[k] for k in keys if k in results}
+
+
+def _summarise(window: list[dict], seconds: float, batch_size: int) -> dict[str, float]:
+    """Mean of each training metric over the logging window, and throughput."""
+    summary = {f"train/{name}": float(np.mean([row[name] for row in window])) for name in window[0]}
+    summary["train/clips_per_s"] = len(window) * batch_size / max(seconds, 1e-9)
+    return summary
+
+
+def _check_finite(losses_by_step) -> None:
+    for step, loss in losses_by_step:
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss} at step {step}; stopped without saving, "
+                "the last good checkpoint is kept"
+            )
