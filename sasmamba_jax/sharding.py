@@ -11,6 +11,8 @@ Batches are split along both axes. This is ``jax.jit`` with ``NamedSharding``
 annotations, the modern form of pjit: no ``pmap`` anywhere.
 """
 
+import warnings
+
 import jax
 import ml_collections
 import numpy as np
@@ -39,9 +41,14 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
         if devices.size % known:
             raise ValueError(f"{devices.size} devices cannot be split into mesh axes {sizes}")
         sizes[sizes.index(-1)] = devices.size // known
-    if int(np.prod(sizes)) != devices.size:
-        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} does not use all {devices.size} devices")
-    return Mesh(devices.reshape(sizes), DATA_AXES)
+    used = int(np.prod(sizes))
+    if used > devices.size:
+        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} needs {used} devices, {devices.size} exist")
+    if used < devices.size:
+        warnings.warn(
+            f"mesh data={sizes[0]} x fsdp={sizes[1]} uses {used} of {devices.size} devices", stacklevel=2
+        )
+    return Mesh(devices.flat[:used].reshape(sizes), DATA_AXES)
 
 
 def array_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
