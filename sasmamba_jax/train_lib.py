@@ -232,10 +232,17 @@ def load_model_from_workdir(workdir: str, **options: Any) -> SasMamba:
     config = ml_collections.ConfigDict(saved_config)
     model_cfg = model_config(config).with_options(**options)
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
+    # Restore onto this process's first device, whatever mesh the run trained on.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
+    )
+    target = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore({"params": abstract_params}, partial_restore=True)
+            state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
         ),
     )
     model = nnx.merge(graphdef, restored.state["params"])
