@@ -32,7 +32,8 @@ def deform_conv2d_depthwise(
         bias: (E,) per-channel bias.
 
     Returns:
-        (B, H, W, E) output.
+        (B, H, W, E) output in the dtype of ``x``; sample points, weights and
+        sums are float32.
     """
     batch, height, width, channels = x.shape
     k = weight.shape[0]
@@ -43,13 +44,15 @@ def deform_conv2d_depthwise(
             f"offsets must be {(batch, height, width, 2 * k * k)} for a {k}x{k} kernel, got {offsets.shape}"
         )
     pad = (k - 1) // 2
-    offsets = offsets.reshape(batch, height, width, k * k, 2)
+    # Sample points and interpolation weights in float32 whatever the compute
+    # dtype: bfloat16 cannot even tell row 200 from row 201.
+    offsets = offsets.astype(jnp.float32).reshape(batch, height, width, k * k, 2)
     tap_rows, tap_cols = jnp.divmod(jnp.arange(k * k), k)
     rows = (jnp.arange(height)[:, None, None] - pad + tap_rows) + offsets[..., 0]
     cols = (jnp.arange(width)[None, :, None] - pad + tap_cols) + offsets[..., 1]
     samples = bilinear_sample_zero_padded(x, rows, cols)
-    out = jnp.einsum("bhwpe,pe->bhwe", samples, weight.reshape(k * k, channels))
-    return out + bias
+    out = jnp.einsum("bhwpe,pe->bhwe", samples, weight.reshape(k * k, channels).astype(jnp.float32))
+    return (out + bias).astype(x.dtype)
 
 
 def bilinear_sample_zero_padded(x: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -61,7 +64,7 @@ def bilinear_sample_zero_padded(x: jax.Array, rows: jax.Array, cols: jax.Array) 
         cols: (B, *S) fractional column of each point.
 
     Returns:
-        (B, *S, E) interpolated values.
+        (B, *S, E) interpolated values in float32.
     """
     batch, height, width, channels = x.shape
     inside = (rows > -1) & (rows < height) & (cols > -1) & (cols < width)
@@ -78,7 +81,7 @@ def bilinear_sample_zero_padded(x: jax.Array, rows: jax.Array, cols: jax.Array) 
         valid = inside & (row >= 0) & (row < height) & (col >= 0) & (col < width)
         index = jnp.where(valid, row * width + col, 0).reshape(batch, -1, 1)
         values = jnp.take_along_axis(flat, index, axis=1).reshape(batch, *point_shape, channels)
-        return values * jnp.where(valid, corner_weight, 0.0)[..., None].astype(x.dtype)
+        return values.astype(jnp.float32) * jnp.where(valid, corner_weight, 0.0)[..., None]
 
     return (
         corner(row0, col0, (1 - frac_row) * (1 - frac_col))
