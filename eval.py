@@ -16,7 +16,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
@@ -54,6 +54,7 @@ def _plot_first_clip(path, task, predictions):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     options = {name: config.model[name] for name in RUN_OPTIONS}

@@ -13,7 +13,7 @@ on TPU pods and SLURM, which JAX detects by itself).
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sasmamba_jax import distributed, train_lib
@@ -31,6 +31,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 
 def main(argv):
     del argv
+    # Orbax reports every save step at INFO; progress bar and results say enough.
+    logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
         results = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

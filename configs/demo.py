@@ -18,7 +18,8 @@ def get_config():
     config.model.depth = 2
     config.model.drop_path_rate = 0.1
     config.data.pkl_path = str(DEMO_PICKLE)
-    config.num_epochs = 12
+    config.batch_size = 8
+    config.num_epochs = 5
     config.log_every_steps = 20
     config.optimizer.learning_rate = 1e-3
     config.lock()
