@@ -1,11 +1,22 @@
-"""Jitted inference on 2D keypoint clips."""
+"""Inference: jitted clips (`predict`), sequences of any length (`lift`), exported forwards.
+
+Letters: B batch, T frames, F the model's frames, W frames of a window, J = 17
+joints, C input channels, N windows.
+"""
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import tqdm
 from flax import nnx
 
+from sasmamba_jax import skeleton
+from sasmamba_jax.data.augment import flip_pose
+from sasmamba_jax.keypoints import check_image_size, prepare_keypoints
 from sasmamba_jax.model import SasMamba, check_input_shape
 
 
@@ -34,3 +45,313 @@ def predict(model: SasMamba, x) -> jax.Array:
         raise ValueError("input keypoints contain NaN or inf; fill or drop missing keypoints first")
     graphdef, state = nnx.split(nnx.view(model, deterministic=True))
     return _apply(graphdef, state, x)
+
+
+# Everything below lifts whole sequences. Windows of the model's length are
+# gathered in numpy and sent to one jitted function in batches of a fixed
+# shape, so sequences of any length reuse the same compiled program.
+
+SHORT_SEQUENCE_MODES = ("resample", "direct")
+# On CPU one window per call is fastest: the model's time per window grows with
+# the batch there (published model, `predict` on a 2-core CPU: 0.8 s per window
+# at batch 1, 1.7 s at 2, 3.5 s at 4). Raise it on accelerators.
+DEFAULT_BATCH_SIZE = 1
+EXPORT_FORMAT = "sasmamba-jax-export"
+EXPORT_METADATA_SUFFIX = ".json"
+
+
+def eval_forward(
+    model: SasMamba, windows: jax.Array, flip_permutation: tuple[int, ...] | None = None
+) -> jax.Array:
+    """The model's forward, averaged with its flipped-back output on the flipped input.
+
+    Traceable (call it under `jax.jit`); the caller puts the model in eval mode.
+
+    Args:
+        model: a SasMamba.
+        windows: (B, W, J, C) normalised keypoints.
+        flip_permutation: joint permutation that mirrors a pose, or None for
+            the plain forward.
+
+    Returns:
+        (B, W, J, 3) float32.
+    """
+    direct = model(windows)
+    if flip_permutation is None:
+        return direct
+    # Two calls rather than one on a doubled batch: on CPU the model's time per
+    # window grows with the batch (see DEFAULT_BATCH_SIZE).
+    flipped = model(flip_pose(windows, flip_permutation))
+    return (direct + flip_pose(flipped, flip_permutation)) / 2
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _lift_batch(graphdef, state, windows, flip_permutation):
+    return eval_forward(nnx.merge(graphdef, state), windows, flip_permutation)
+
+
+def resample_indices(length: int, target_length: int) -> np.ndarray:
+    """Frame indices that stretch (or shrink) `length` frames to `target_length`.
+
+    Position k samples frame ``floor(k * length / target_length)``: the
+    release's deterministic resampling (MotionBERT's ``resample`` without
+    randomness). Stretching repeats frames; every frame appears at least once.
+
+    Returns:
+        (target_length,) int64 non-decreasing indices in [0, length).
+    """
+    return np.arange(target_length, dtype=np.int64) * length // target_length
+
+
+def window_indices(
+    num_frames: int, window: int, stride: int, short_sequence_mode: str = "resample"
+) -> np.ndarray:
+    """Frame indices of the windows that cover a sequence.
+
+    Sequences of at least `window` frames get windows starting every `stride`
+    frames, plus one ending at the last frame, so every frame is covered.
+    Shorter ones get a single window: resampled to `window` frames
+    (``"resample"``) or the sequence itself (``"direct"``).
+
+    Args:
+        num_frames: T >= 1.
+        window: the model's frames F.
+        stride: frames between window starts, 1 <= stride <= F.
+        short_sequence_mode: ``"resample"`` or ``"direct"``.
+
+    Returns:
+        (N, F) int64 indices, or (1, T) for a short sequence in direct mode.
+    """
+    if num_frames >= window:
+        starts = list(range(0, num_frames - window + 1, stride))
+        if starts[-1] != num_frames - window:
+            starts.append(num_frames - window)
+        return np.asarray(starts, np.int64)[:, None] + np.arange(window)
+    if short_sequence_mode == "resample":
+        return resample_indices(num_frames, window)[None]
+    return np.arange(num_frames, dtype=np.int64)[None]
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_sequence_input(inputs, config) -> np.ndarray:
+    """Returns `inputs` as float32 (T, 17, in_chans) after checking it."""
+    inputs = np.asarray(inputs, np.float32)
+    if inputs.ndim != 3:
+        raise ValueError(
+            f"inputs must have shape (T, {config.num_joints}, {config.in_chans}), got {inputs.shape}"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError("empty sequence: inputs have no frames")
+    check_input_shape((1, 1) + inputs.shape[1:], config)
+    if not np.isfinite(inputs).all():
+        raise ValueError(
+            "inputs contain NaN or inf; fill missing keypoints first (keypoints.prepare_keypoints)"
+        )
+    return inputs
+
+
+def lift_sequence(
+    model: SasMamba,
+    inputs,
+    *,
+    flip_tta: bool = True,
+    flip_permutation: tuple[int, ...] = skeleton.FLIP_PERMUTATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    stride: int | None = None,
+    short_sequence_mode: str = "resample",
+    progress: bool = False,
+) -> np.ndarray:
+    """Lifts a model-ready sequence of any length (see `lift` for raw keypoints).
+
+    The sequence is cut into windows of the model's frames F (`window_indices`)
+    run in batches of `batch_size` windows, the last batch padded, so the
+    jitted forward always sees (batch_size, F, 17, C) and a new sequence
+    length never compiles again. Each frame's output is the mean over the
+    windows (and, when resampled, the positions) that contain it.
+
+    Short sequences (T < F) are resampled to F frames and back by default, as
+    the release does with a video's tail; ``short_sequence_mode="direct"``
+    runs them at their own length instead (the model allows T <= F), which
+    compiles once per new short length. Which of the two is more accurate is
+    measured by ``benchmarks/short_sequences.py`` with a trained model; that
+    measurement has not been made yet, so the default is the release's.
+
+    Args:
+        model: a SasMamba (its train/eval mode is left untouched; eval is used).
+        inputs: (T, 17, in_chans) normalised keypoints (x, y[, confidence]),
+            T >= 1, nothing missing.
+        flip_tta: average with the output on the mirrored input, mirrored
+            back (the release's test-time augmentation); doubles the work.
+        flip_permutation: joint permutation that mirrors a pose; the default
+            is Human3.6M's, pass `data.mpi3dhp.FLIP_PERMUTATION` for a model
+            trained on MPI-INF-3DHP joints.
+        batch_size: windows per forward call; 1 (fastest on CPU) by default,
+            raise it on accelerators.
+        stride: frames between window starts of long sequences; F // 2 by
+            default (every frame is in about two windows).
+        short_sequence_mode: ``"resample"`` or ``"direct"``, for T < F.
+        progress: show a tqdm progress bar when there is more than one batch.
+
+    Returns:
+        (T, 17, 3) float32 root-relative 3D poses in the model's normalised
+        units (`to_image_units` turns them into pixels). The root joint is
+        the model's output, near 0 but not set to 0 (the release zeroes it
+        before scoring).
+
+    Raises:
+        ValueError: wrong shape, channels that do not match the model, no
+            frames, non-finite values or bad options.
+    """
+    config = model.config
+    inputs = _check_sequence_input(inputs, config)
+    if short_sequence_mode not in SHORT_SEQUENCE_MODES:
+        raise ValueError(
+            f"unknown short_sequence_mode {short_sequence_mode!r}; expected one of {SHORT_SEQUENCE_MODES}"
+        )
+    batch_size = _check_positive_int("batch_size", batch_size)
+    stride = max(config.num_frames // 2, 1) if stride is None else _check_positive_int("stride", stride)
+    if stride > config.num_frames:
+        raise ValueError(f"stride {stride} is larger than the model's {config.num_frames} frames")
+
+    indices = window_indices(len(inputs), config.num_frames, stride, short_sequence_mode)
+    permutation = tuple(int(j) for j in flip_permutation) if flip_tta else None
+    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
+    total = np.zeros((len(inputs), config.num_joints, 3), np.float64)
+    num_batches = -(-len(indices) // batch_size)
+    for first in tqdm.trange(
+        0, len(indices), batch_size, total=num_batches, disable=not progress or num_batches < 2, unit="batch"
+    ):
+        batch = indices[first : first + batch_size]
+        windows = np.zeros((batch_size,) + batch.shape[1:] + inputs.shape[1:], np.float32)
+        windows[: len(batch)] = inputs[batch]
+        outputs = np.asarray(_lift_batch(graphdef, state, windows, permutation))[: len(batch)]
+        np.add.at(total, batch.reshape(-1), outputs.reshape(-1, config.num_joints, 3))
+    counts = np.bincount(indices.reshape(-1), minlength=len(inputs))
+    return (total / counts[:, None, None]).astype(np.float32)
+
+
+def lift(
+    model: SasMamba,
+    keypoints_2d,
+    *,
+    keypoint_format: str = "h36m",
+    image_size=None,
+    confidences=None,
+    flip_tta: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    stride: int | None = None,
+    short_sequence_mode: str = "resample",
+    progress: bool = False,
+) -> np.ndarray:
+    """Lifts a 2D keypoint sequence of any length, e.g. a detector's output, to 3D.
+
+    Keypoints are converted to Human3.6M order, missing ones filled (with a
+    warning) and pixels normalised by `keypoints.prepare_keypoints`, then
+    lifted by `lift_sequence`.
+
+    Args:
+        model: a SasMamba, e.g. from `checkpoint.load_model`.
+        keypoints_2d: (T, 17, 2) x, y or (T, 17, 3) x, y, confidence; pixels
+            when `image_size` is given, else already normalised
+            (``xy / W * 2 - [1, H / W]``). NaN or confidence 0 marks a
+            missing point.
+        keypoint_format: ``"h36m"`` (`skeleton.JOINT_NAMES` order) or
+            ``"coco"`` (COCO-17, as most 2D detectors emit).
+        image_size: (W, H) of the video in pixels, or None.
+        confidences: optional (T, 17) confidences for (T, 17, 2) keypoints;
+            required (one way or the other) by 3-channel models.
+        flip_tta, batch_size, stride, short_sequence_mode, progress: see
+            `lift_sequence`.
+
+    Returns:
+        (T, 17, 3) float32 root-relative 3D poses in the model's normalised
+        units: x, y, depth scaled like x by 2 / W. Multiply by W / 2
+        (`to_image_units`) for pixels; the release then multiplies by a
+        per-frame "2.5d factor" (mm per pixel at the subject's depth) for mm.
+
+    Raises:
+        ValueError: bad keypoints (wrong joint or channel count, no frames, a
+            joint missing in every frame), a bad image size, a model that
+            needs confidences without them, or bad options.
+    """
+    prepared = prepare_keypoints(
+        keypoints_2d, keypoint_format=keypoint_format, image_size=image_size, confidences=confidences
+    )
+    return lift_sequence(
+        model,
+        prepared.model_input(model.config.in_chans),
+        flip_tta=flip_tta,
+        batch_size=batch_size,
+        stride=stride,
+        short_sequence_mode=short_sequence_mode,
+        progress=progress,
+    )
+
+
+def to_image_units(poses_3d, image_size) -> np.ndarray:
+    """Normalised root-relative 3D poses (..., 3) -> pixel units: ``poses * W / 2``.
+
+    x, y become pixels and depth the same pixel scale; `image_size` is the
+    (W, H) the keypoints were normalised with.
+    """
+    width, _ = check_image_size(image_size)
+    return np.asarray(poses_3d, np.float32) * np.float32(width / 2)
+
+
+class ExportedForward:
+    """A forward pass serialised by `sasmamba_jax.export`, run with jax alone.
+
+    Attributes:
+        input_shape: the (B, T, 17, C) float32 shape it was exported for.
+        output_shape: (B, T, 17, 3).
+        metadata: the sidecar JSON (model config, flip_tta, ...), or None
+            when the sidecar file is absent.
+    """
+
+    def __init__(self, exported: jax.export.Exported, metadata: dict | None):
+        self._exported = exported
+        self._call = jax.jit(exported.call)
+        self.input_shape = tuple(exported.in_avals[0].shape)
+        self.output_shape = tuple(exported.out_avals[0].shape)
+        self.metadata = metadata
+
+    def __call__(self, x) -> np.ndarray:
+        """(B, T, 17, C) normalised keypoints, exactly `input_shape` -> (B, T, 17, 3) numpy."""
+        x = np.asarray(x, np.float32)
+        if x.shape != self.input_shape:
+            raise ValueError(
+                f"this exported forward takes input of shape {self.input_shape}, got {x.shape} "
+                "(export again with other --batch / --frames for other shapes)"
+            )
+        return np.asarray(self._call(x))
+
+
+def load_exported(path: str | os.PathLike) -> ExportedForward:
+    """Loads a forward pass written by ``python -m sasmamba_jax.export``.
+
+    Args:
+        path: the serialised StableHLO file; its metadata is read from
+            ``path + ".json"`` when present.
+
+    Raises:
+        ValueError: the file is missing or not a serialised jax export.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            exported = jax.export.deserialize(bytearray(f.read()))
+    except OSError as e:
+        raise ValueError(f"cannot read exported forward {path}: {e.strerror}") from None
+    except Exception as e:
+        raise ValueError(f"{path} is not a serialised jax.export artefact ({type(e).__name__})") from None
+    metadata_path = path + EXPORT_METADATA_SUFFIX
+    metadata = None
+    if os.path.isfile(metadata_path):
+        with open(metadata_path) as f:
+            metadata = json.load(f)
+    return ExportedForward(exported, metadata)
