@@ -13,8 +13,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sasmamba_jax import evaluation, skeleton
-from sasmamba_jax.data import augment, h36m, mpi3dhp
+from sasmamba_jax import evaluation, inference, skeleton
+from sasmamba_jax.data import h36m, mpi3dhp
 from sasmamba_jax.sharding import batch_sharding
 
 
@@ -72,11 +72,7 @@ def mean_pose_baseline(task: Task) -> dict:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "flip_permutation", "out_sharding"))
 def _predict_batch(graphdef, params, x, flip_permutation, out_sharding):
-    model = nnx.merge(graphdef, params)
-    pred = model(x)
-    if flip_permutation is not None:
-        flipped = model(augment.flip_pose(x, flip_permutation))
-        pred = (pred + augment.flip_pose(flipped, flip_permutation)) / 2
+    pred = inference.eval_forward(nnx.merge(graphdef, params), x, flip_permutation)
     return jax.lax.with_sharding_constraint(pred, out_sharding)
 
 

