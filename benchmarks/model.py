@@ -34,6 +34,7 @@ def parse_args():
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--modes", default="forward,train")
     parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--compile-only", action="store_true", help="report compile time and memory, do not run"
@@ -88,6 +89,7 @@ def training_config(size, scan, dtype, batch):
     config.model.num_frames = ARGS.frames
     config.model.scan = scan
     config.model.chunk_size = ARGS.chunk_size
+    config.model.remat = ARGS.remat
     config.dtype = dtype
     config.batch_size = batch
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

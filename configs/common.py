@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
             # "release": the release's backward of the stride scan (what its
             # published weights were trained with); "exact": the true gradient.
             stride_grad="release",
+            # Recompute block activations in the backward pass (less memory,
+            # about one more forward pass of compute).
+            remat=False,
         )
     )
     # Compute dtype: "float32" or "bfloat16" (parameters, optimizer state and

@@ -54,6 +54,9 @@ class SasMambaConfig:
     scan: str = "associative"
     chunk_size: int = 64
     stride_grad: str = "release"
+    # Recompute each block's activations in the backward pass instead of
+    # storing them: training memory drops to about one block's worth.
+    remat: bool = False
     dtype: str = "float32"
 
     SHAPE_FIELDS = (
@@ -311,12 +314,29 @@ class SasMamba(nnx.Module):
         dtype = self.config.compute_dtype
         num_frames = x.shape[1]
         h = self.joint_embed(x.astype(dtype)) + self.joint_pos_embed[...].astype(dtype)
+        remat = self.config.remat
         for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            h = self.spatial_norm(spatial(h, rngs=rngs))
+            h = self.spatial_norm(_run_block(spatial, h, rngs, remat))
             if i == 0:
                 h = h + self.frame_pos_embed[...][:num_frames, None].astype(dtype)
-            h = self.temporal_norm(temporal(h, rngs=rngs))
+            h = self.temporal_norm(_run_block(temporal, h, rngs, remat))
         return self.head(self.head_norm(h)).astype(jnp.float32)
+
+
+def _run_block(block: SasMambaBlock, h: jax.Array, rngs: nnx.Rngs | None, remat: bool) -> jax.Array:
+    """One block, optionally under ``jax.checkpoint``.
+
+    Each block draws one DropPath key from ``rngs`` whether or not it is
+    rematerialised, so both settings train identically.
+    """
+    key = rngs.dropout() if rngs is not None else None
+    graphdef, state = nnx.split(block)
+
+    def apply(state, h, key):
+        block_rngs = None if key is None else nnx.Rngs(dropout=key)
+        return nnx.merge(graphdef, state)(h, rngs=block_rngs)
+
+    return (jax.checkpoint(apply) if remat else apply)(state, h, key)
 
 
 def check_input_shape(shape: tuple[int, ...], config: SasMambaConfig) -> None:
