@@ -14,15 +14,20 @@ class MetricWriter:
     and the same scalars to TensorBoard event files in ``workdir/tensorboard``.
 
     Only the writing process (process 0 in multi-host runs) should enable it;
-    a disabled writer accepts every call and writes nothing.
+    a disabled writer accepts every call and writes nothing. A run resumed
+    from step s first drops the rows after s, which the interrupted run wrote
+    and the resumed one will write again.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
         self._enabled = enabled
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+        path = os.path.join(workdir, METRICS_FILE)
+        if os.path.exists(path):
+            _drop_rows_after(path, resume_step)
+        self._jsonl = open(path, "a")
         self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -39,3 +44,10 @@ class MetricWriter:
         if self._enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)

@@ -62,7 +62,9 @@ def array_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
     candidates = [d for d in np.argsort(shape)[::-1] if shape[d] % fsdp_size == 0]
     if not candidates:
         return PartitionSpec()
-    spec = [None] * len(shape)
+    # No trailing Nones: jit writes its outputs' specs without them, and an
+    # input spec that differs only by them compiles the step a second time.
+    spec = [None] * (candidates[0] + 1)
     spec[candidates[0]] = "fsdp"
     return PartitionSpec(*spec)
 

@@ -336,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loader.set_state(loader_state)
         if is_writer:
             print(f"resumed from {latest.directory} at step {int(state.step)}")
-    writer = MetricWriter(workdir, enabled=is_writer)
+    writer = MetricWriter(workdir, enabled=is_writer, resume_step=int(state.step))
     batch_sharding = sharding.batch_sharding(mesh)
     lr_schedule = learning_rate_schedule(config, loader.steps_per_epoch)
     baseline = eval_lib.mean_pose_baseline(task)

@@ -1,0 +1,497 @@
+"""Training: the release's own optimizer steps, checkpoints, resumption and failures.
+
+`tests/data/official_tiny_trainstep.npz` holds three AdamW steps of the PyTorch
+release from `official_tiny.pth` (its 'config' entry says how they were made):
+batches, outputs, losses, the first step's gradients and the parameters before
+and after, in the release's layouts. `train_lib` must reproduce them.
+"""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from configs import tiny
+from sasmamba_jax import checkpoint, convert, sharding, train_lib
+from sasmamba_jax.data.pipeline import ClipLoader
+from sasmamba_jax.inference import predict
+
+pytest.importorskip("torch")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(REPO, "train.py")
+SUBPROCESS_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+
+RELEASE_STEPS = 3
+LOSS_RTOL = 1e-5
+ATOL = 1e-5
+# Our loss terms and the release's names for them.
+RELEASE_LOSS_TERMS = {
+    "mpjpe": "loss_3d_pos",
+    "n_mpjpe": "loss_3d_scale",
+    "velocity": "loss_3d_velocity",
+}
+
+# The short runs of train_and_evaluate: checkpoints halfway and at the end.
+LOOP_STEPS = 4
+LOOP_CHECKPOINT_EVERY = 2
+POISONED_STEP = 4
+# The tiny model cut to 9 frames and one layer, which compiles and runs in half the time.
+LOOP_MODEL = {"num_frames": 9, "depth": 1}
+
+
+# ---------------------------------------------------------------------------
+# The release's three training steps
+
+
+@pytest.fixture(scope="module")
+def release(data_dir):
+    with np.load(data_dir / "official_tiny_trainstep.npz") as f:
+        recorded = {key: f[key] for key in f.files}
+    recorded["config"] = json.loads(str(recorded["config"]))
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def release_config(release):
+    """The tiny config with the optimizer the release's steps were taken with."""
+    recorded = release["config"]
+    assert "lr=0.0005" in recorded["optimizer"] and "weight_decay=0.01" in recorded["optimizer"]
+    assert recorded["model"]["drop_path_rate"] == 0.0 and not recorded["data"]["flip_augmentation"]
+    config = tiny.get_config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 5e-4
+    opt = config.optimizer
+    assert (opt.weight_decay, opt.b1, opt.b2, opt.eps) == (0.01, 0.9, 0.999, 1e-8)
+    return config
+
+
+def _release_model(data_dir, stride_grad):
+    # "auto": the scan back end that also compiles fastest on CPU (any back end matches).
+    return checkpoint.load_model(
+        data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad=stride_grad, scan="auto"
+    )
+
+
+def _release_batch(release, step):
+    return {"input_2d": release[f"x{step}"], "target_3d": release[f"y{step}"]}
+
+
+def _host_copy(tree):
+    # A copy, not a zero-copy view: a view would keep the buffers alive and
+    # stop train_step from donating them.
+    return jax.tree.map(np.array, tree)
+
+
+def _release_names(params, release):
+    """A parameter tree (nnx.State or pure dict) as the release's state_dict."""
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    return convert.params_to_state_dict(jax.device_get(params), release["config"]["model"]["depth"])
+
+
+@pytest.fixture(scope="module")
+def release_run(data_dir, release, release_config):
+    """The release's three steps through create_train_state + train_step.
+
+    Returns the final state, the host copies of the state before each step, each
+    step's metrics and the eval-mode predictions before each step.
+    """
+    state = train_lib.create_train_state(release_config, _release_model(data_dir, "release"))
+    before, metrics, predictions = [], [], []
+    for step in range(RELEASE_STEPS):
+        model = train_lib.model_from_state(state)
+        predictions.append(np.asarray(predict(model, release[f"x{step}"])))
+        before.append(_host_copy(state.arrays()))
+        state, step_metrics = train_lib.train_step(state, _release_batch(release, step))
+        metrics.append(jax.device_get(step_metrics))
+    return {"state": state, "before": before, "metrics": metrics, "predictions": predictions}
+
+
+def test_initial_parameters_are_the_release_checkpoint(release, release_run):
+    initial = _release_names(release_run["before"][0]["params"], release)
+    assert len(initial) == len([k for k in release if k.startswith("init/")])
+    for name, value in initial.items():
+        np.testing.assert_array_equal(value, release[f"init/{name}"], err_msg=name)
+
+
+def test_losses_and_their_terms_match_the_release(release, release_run):
+    for step, metrics in enumerate(release_run["metrics"]):
+        for ours, theirs in {"loss": "loss", **RELEASE_LOSS_TERMS}.items():
+            want, message = release[theirs][step], f"{ours} at step {step}"
+            np.testing.assert_allclose(metrics[ours], want, rtol=LOSS_RTOL, err_msg=message)
+    assert int(release_run["state"].step) == RELEASE_STEPS
+
+
+def test_predictions_match_the_release(release, release_run):
+    for step, prediction in enumerate(release_run["predictions"]):
+        want = release[f"pred{step}"]
+        np.testing.assert_allclose(prediction, want, rtol=0, atol=ATOL, err_msg=step)
+
+
+def _step0_gradients(data_dir, release, release_config, stride_grad):
+    state = train_lib.create_train_state(release_config, _release_model(data_dir, stride_grad))
+    (loss, _), grads = jax.jit(train_lib.loss_and_grads, static_argnums=0)(
+        state.graphdef, state.params, _release_batch(release, 0), train_lib.dropout_key(state)
+    )
+    return float(loss), _release_names(grads, release)
+
+
+@pytest.fixture(scope="module")
+def release_gradients(data_dir, release, release_config):
+    return _step0_gradients(data_dir, release, release_config, "release")
+
+
+def test_step0_gradients_match_the_release(release, release_gradients):
+    loss, grads = release_gradients
+    np.testing.assert_allclose(loss, release["loss"][0], rtol=LOSS_RTOL)
+    assert len(grads) == len([k for k in release if k.startswith("grad/")])
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, release[f"grad/{name}"], rtol=0, atol=ATOL, err_msg=name)
+
+
+def test_exact_stride_backward_differs(data_dir, release, release_config, release_gradients):
+    """The fixture's gradients are the release's approximate backward, so the match above
+    depends on it: the true gradient of the same loss is far from them."""
+    release_loss, _ = release_gradients
+    loss, grads = _step0_gradients(data_dir, release, release_config, "exact")
+    np.testing.assert_allclose(loss, release_loss, rtol=1e-6)
+    differences = {name: np.max(np.abs(grads[name] - release[f"grad/{name}"])) for name in grads}
+    assert max(differences.values()) > 100 * ATOL, differences
+    # Parameters past the last stride scan (the head) see the same gradient either way.
+    assert differences["head.1.weight"] <= ATOL
+
+
+def test_parameters_after_three_steps_match_the_release(release, release_run, release_config):
+    """AdamW's first update is lr * g / (|g| + eps): where the gradient is within a few eps
+    of 0 it turns rounding into a step of up to lr. There we only bound the error by
+    the size of three steps; everywhere else it must be within ATOL."""
+    lr = release_config.optimizer.learning_rate
+    final = _release_names(release_run["state"].params, release)
+    assert len(final) == len([k for k in release if k.startswith("final/")])
+    ill_conditioned = 0
+    for name, value in final.items():
+        error = np.abs(value - release[f"final/{name}"])
+        near_zero_gradient = np.abs(release[f"grad/{name}"]) < 100 * release_config.optimizer.eps
+        assert np.all(error[~near_zero_gradient] <= ATOL), (name, error[~near_zero_gradient].max())
+        assert np.all(error <= RELEASE_STEPS * lr), name
+        ill_conditioned += int(np.sum(error > ATOL))
+    assert ill_conditioned <= 4
+    # The steps moved the parameters far more than the tolerance.
+    moved = max(np.max(np.abs(release[f"final/{k}"] - release[f"init/{k}"])) for k in final)
+    assert moved > 100 * ATOL
+
+
+# ---------------------------------------------------------------------------
+# Orbax round trip of a TrainState
+
+
+def test_train_state_round_trips_through_orbax(tmp_path, release, release_run, release_config):
+    """The state after the release's first step, saved and restored as train_and_evaluate
+    does it, is bit-identical, and its model predicts what the release predicted."""
+    final = release_run["state"]
+    mesh = sharding.make_mesh(release_config.mesh, jax.devices()[:1])
+    shardings = sharding.tree_shardings(mesh, final.arrays())
+
+    def placed(arrays):
+        return final.with_arrays(sharding.put_replicated_host_tree(arrays, shardings))
+
+    after_step1 = release_run["before"][1]
+    saved = placed(after_step1)
+    # The restore target: same structure and shardings, other values (step 3).
+    template = placed(_host_copy(final.arrays()))
+    loader_state = dict(epoch=2, step_in_epoch=5, seed=0, num_samples=9, global_batch_size=4)
+    latest, _ = train_lib._checkpoint_managers(str(tmp_path), keep=1)
+    latest.save(1, args=train_lib._save_args(saved, loader_state, release_config))
+    latest.wait_until_finished()
+
+    # A new manager, as a resumed run has, restoring into a state at another step.
+    fresh_manager, _ = train_lib._checkpoint_managers(str(tmp_path), keep=1)
+    assert fresh_manager.latest_step() == 1
+    restored, restored_loader = train_lib._restore(fresh_manager, 1, template)
+    assert restored_loader == loader_state
+    assert int(restored.step) == 1 and int(template.step) == RELEASE_STEPS
+    expected = jax.tree_util.tree_leaves_with_path(after_step1)
+    actual = jax.tree_util.tree_leaves_with_path(restored.arrays())
+    template_shardings = [leaf.sharding for leaf in jax.tree.leaves(template.arrays())]
+    assert [path for path, _ in expected] == [path for path, _ in actual] and len(actual) > 100
+    for (path, want), (_, got), wanted_sharding in zip(expected, actual, template_shardings):
+        assert got.dtype == want.dtype and np.array_equal(np.asarray(got), want), path
+        assert got.sharding == wanted_sharding, path
+
+    model = train_lib.model_from_state(restored)
+    assert all(block.drop_path.deterministic for block in model.spatial_blocks)
+    model_params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(np.array_equal(a, b) for a, b in zip(model_params, jax.tree.leaves(restored.params)))
+    np.testing.assert_allclose(predict(model, release["x1"]), release["pred1"], rtol=0, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------
+# Config errors
+
+
+def test_model_config_rejects_unknown_model_keys():
+    config = tiny.get_config()
+    with config.unlocked():
+        config.model.drop_path = 0.1
+    with pytest.raises(ValueError, match="drop_path"):
+        train_lib.model_config(config)
+
+
+def test_train_py_rejects_an_unknown_config_key(tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, TRAIN_PY, f"--workdir={workdir}", "--config.optimizer.learnig_rate=1"],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "learnig_rate" in result.stderr
+    assert not workdir.exists()
+
+
+# ---------------------------------------------------------------------------
+# train_and_evaluate: resuming, non-finite losses
+
+
+def _loop_config(max_steps=LOOP_STEPS):
+    config = tiny.get_config()
+    with config.unlocked():
+        config.model.update(LOOP_MODEL)
+        config.max_steps = max_steps
+        config.checkpoint_every_steps = LOOP_CHECKPOINT_EVERY
+        # Only the evaluation at the end of each call.
+        config.eval_every_steps = 1000
+        config.eval.flip = False
+    return config
+
+
+def _latest_manager(workdir):
+    return ocp.CheckpointManager(os.path.join(workdir, train_lib.CHECKPOINT_DIR, train_lib.LATEST))
+
+
+def _restore_checkpoint(workdir, step):
+    """A training checkpoint's arrays (as saved) and loader position."""
+    restored = _latest_manager(workdir).restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), loader=ocp.args.JsonRestore()),
+    )
+    return restored.state, restored.loader
+
+
+def _all_finite(model):
+    return all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _train_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [row for row in rows if "train/loss" in row]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    results = train_lib.train_and_evaluate(_loop_config(), workdir)
+    return workdir, results
+
+
+def _assert_same_final_checkpoint(workdir, reference_workdir):
+    ours, our_loader = _restore_checkpoint(workdir, LOOP_STEPS)
+    theirs, their_loader = _restore_checkpoint(reference_workdir, LOOP_STEPS)
+    assert our_loader == their_loader
+    assert their_loader["epoch"] == 0 and their_loader["step_in_epoch"] == LOOP_STEPS
+    our_leaves = jax.tree_util.tree_leaves_with_path(ours)
+    their_leaves = jax.tree_util.tree_leaves_with_path(theirs)
+    assert [p for p, _ in our_leaves] == [p for p, _ in their_leaves]
+    for (path, a), (_, b) in zip(our_leaves, their_leaves):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
+    assert int(ours["step"]) == LOOP_STEPS
+
+
+def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrupted_run):
+    reference_workdir, reference_results = uninterrupted_run
+    workdir = str(tmp_path)
+    halfway = LOOP_STEPS // 2
+    first = train_lib.train_and_evaluate(_loop_config(max_steps=halfway), workdir)
+    assert first["steps"] == halfway
+    assert _latest_manager(workdir).all_steps() == [halfway]
+    assert _restore_checkpoint(workdir, halfway)[1]["step_in_epoch"] == halfway
+
+    second = train_lib.train_and_evaluate(_loop_config(), workdir)
+    assert second["steps"] == LOOP_STEPS
+    _assert_same_final_checkpoint(workdir, reference_workdir)
+    assert second["p1"] == reference_results["p1"]
+
+    rows, reference_rows = _train_rows(workdir), _train_rows(reference_workdir)
+    assert [row["step"] for row in rows] == list(range(1, LOOP_STEPS + 1))
+    assert [row["train/loss"] for row in rows] == [row["train/loss"] for row in reference_rows]
+
+
+class _PoisonedLoader(ClipLoader):
+    """Serves NaN inputs from the batch of step POISONED_STEP (counted from 1) on."""
+
+    def __next__(self):
+        step = self.epoch * self.steps_per_epoch + self.step_in_epoch + 1
+        batch = super().__next__()
+        if step >= POISONED_STEP:
+            batch["input_2d"] = np.full_like(batch["input_2d"], np.nan)
+        return batch
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, uninterrupted_run
+):
+    workdir = str(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_lib, "ClipLoader", _PoisonedLoader)
+        with pytest.raises(train_lib.NonFiniteLossError, match=f"at step {POISONED_STEP}\\b"):
+            train_lib.train_and_evaluate(_loop_config(), workdir)
+    last_good = LOOP_CHECKPOINT_EVERY
+    assert _latest_manager(workdir).all_steps() == [last_good]
+    assert not os.path.exists(os.path.join(workdir, train_lib.RESULTS_FILE))
+    assert _all_finite(train_lib.load_model_from_workdir(workdir))
+
+    # The checkpoint is exactly the state of that step: training on from it with
+    # clean data ends where the uninterrupted run ended.
+    train_lib.train_and_evaluate(_loop_config(), workdir)
+    _assert_same_final_checkpoint(workdir, uninterrupted_run[0])
+
+
+# ---------------------------------------------------------------------------
+# train.py killed while saving
+
+
+KILLS = 3
+KILL_RUN_STEPS = 8
+TMP_CHECKPOINT = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+TRAIN_TIMEOUT_S = 600
+
+
+def _kill_run_command(workdir):
+    return [
+        sys.executable,
+        TRAIN_PY,
+        f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
+        f"--workdir={workdir}",
+        f"--config.max_steps={KILL_RUN_STEPS}",
+        "--config.checkpoint_every_steps=1",
+        "--config.eval_every_steps=1000",
+        "--config.eval.flip=False",
+        *(f"--config.model.{name}={value}" for name, value in LOOP_MODEL.items()),
+    ]
+
+
+def _finalized_steps(latest_dir):
+    if not os.path.isdir(latest_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(latest_dir) if name.isdigit())
+
+
+def _kill_during_save(process, latest_dir, after_step, delay_s):
+    """SIGKILLs ``process`` ``delay_s`` after it starts writing a checkpoint past ``after_step``.
+
+    Orbax writes step s into a temporary directory and renames it when complete,
+    and starts a save only when the previous one is complete.
+
+    Returns the step being saved, or None if the process ended first.
+    """
+    deadline = time.time() + TRAIN_TIMEOUT_S
+    while process.poll() is None and time.time() < deadline:
+        names = os.listdir(latest_dir) if os.path.isdir(latest_dir) else []
+        saving = [int(m.group(1)) for m in map(TMP_CHECKPOINT.match, names) if m]
+        if any(step > after_step for step in saving):
+            time.sleep(delay_s)
+            process.kill()
+            process.wait()
+            return max(saving)
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    return None
+
+
+@pytest.mark.slow
+def test_killing_train_py_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+    workdir = str(tmp_path / "run")
+    latest_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR, train_lib.LATEST)
+    command = _kill_run_command(workdir)
+    rng = random.Random(0)
+    finalized = 0
+    for attempt in range(KILLS):
+        process = subprocess.Popen(
+            command, env=SUBPROCESS_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        # The first kill lands as the save starts, the others a little into it.
+        delay_s = 0.0 if attempt == 0 else rng.uniform(0.0, 0.05)
+        # Killed while saving a step past the next one, so that every kill leaves
+        # at least one new complete checkpoint behind it.
+        saving = _kill_during_save(process, latest_dir, after_step=finalized + 1, delay_s=delay_s)
+        assert saving is not None, f"run {attempt} ended unkilled: {process.stderr.read()}"
+        process.stderr.close()
+        steps = _finalized_steps(latest_dir)
+        assert steps and saving - 1 <= steps[-1] <= saving, (steps, saving)
+        finalized = steps[-1]
+        assert _latest_manager(workdir).latest_step() == finalized
+        state, loader = _restore_checkpoint(workdir, finalized)
+        assert int(state["step"]) == finalized and loader["step_in_epoch"] == finalized
+        assert _all_finite(train_lib.load_model_from_workdir(workdir))
+
+    result = subprocess.run(
+        command,
+        env=SUBPROCESS_ENV,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TRAIN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(workdir, train_lib.RESULTS_FILE)) as f:
+        assert json.load(f)["steps"] == KILL_RUN_STEPS
+    assert _finalized_steps(latest_dir)[-1] == KILL_RUN_STEPS
+
+
+# ---------------------------------------------------------------------------
+# The demo: python train.py with no --config
+
+
+DEMO_LIMIT_S = 600
+
+
+@pytest.mark.slow
+def test_demo_training_beats_the_mean_pose_baseline_within_ten_minutes(tmp_path):
+    workdir = tmp_path / "demo"
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, TRAIN_PY, f"--workdir={workdir}"],
+        env=SUBPROCESS_ENV,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_LIMIT_S,
+    )
+    elapsed = time.time() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(workdir / train_lib.RESULTS_FILE) as f:
+        results = json.load(f)
+    print(f"demo: {elapsed:.0f} s, {json.dumps({k: v for k, v in results.items() if k != 'eval'})}")
+    for key in ("p1", "p2", "baseline_p1", "steps", "wall_s"):
+        assert np.isfinite(results[key]), key
+    assert results["steps"] > 0 and results["wall_s"] < DEMO_LIMIT_S
+    assert results["p1"] < results["baseline_p1"]
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert rows[-1]["step"] == results["steps"] and any("eval/p1" in row for row in rows)
+    assert list((workdir / "tensorboard").glob("events.out.tfevents*"))
+    assert (workdir / train_lib.CURVES_FILE).stat().st_size > 0
