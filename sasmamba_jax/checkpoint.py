@@ -61,9 +61,13 @@ def save_model(model: SasMamba, directory: str | os.PathLike, *, overwrite: bool
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory} exists (pass overwrite=True / --overwrite to replace it)")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise FileExistsError(f"{directory} exists and is not a directory")
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(directory)}.tmp-")
+    # mkdtemp makes the directory private (0700); give it a plain mkdir's permissions.
+    os.chmod(staging, 0o777 & ~convert.current_umask())
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(staging, PARAMS_DIR), jax.device_get(params_of(model)))

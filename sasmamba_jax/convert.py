@@ -272,12 +272,21 @@ def write_pytorch_checkpoint(state_dict: Mapping[str, np.ndarray], path: str | o
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth")
     os.close(fd)
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------------------
@@ -335,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check and not _check_against_reference(model, args.check, args.atol):
             return 1
         return 0
-    except (CheckpointError, ImportError, FileExistsError) as e:
+    except (ValueError, ImportError, OSError) as e:
+        # CheckpointError is a ValueError; OSError covers unwritable destinations.
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -4,14 +4,9 @@ import os
 
 import jax
 
-# Environment variables through which cluster launchers tell JAX its topology;
-# jax.distributed.initialize() reads them when given no arguments.
-_CLUSTER_ENVIRONMENT = (
-    "JAX_COORDINATOR_ADDRESS",
-    "TPU_WORKER_HOSTNAMES",
-    "SLURM_JOB_ID",
-    "OMPI_COMM_WORLD_SIZE",
-)
+# Left by cluster launchers that jax.distributed.initialize() reads by itself
+# when given no arguments.
+_LAUNCHER_ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
 
 
 def initialize(
@@ -20,20 +15,20 @@ def initialize(
     """Joins a multi-process run when asked to, else stays a single process.
 
     With any argument given, ``jax.distributed.initialize`` gets all three.
-    With none, it is called with no arguments (auto-detection) only where a
-    cluster launcher left its environment variables (TPU pods, SLURM, Open
-    MPI, ``JAX_COORDINATOR_ADDRESS``), so a plain run stays single-process.
+    With none, it is called with no arguments (auto-detection) only on a
+    multi-host TPU pod or where a launcher (SLURM, Open MPI,
+    ``JAX_COORDINATOR_ADDRESS``) left its environment, so a plain run stays
+    single-process.
     """
     if coordinator_address or num_processes is not None or process_id is not None:
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
         )
-    elif any(name in os.environ for name in _CLUSTER_ENVIRONMENT) and _multi_host_tpu_or_launcher():
+    elif _launched_on_a_cluster():
         jax.distributed.initialize()
 
 
-def _multi_host_tpu_or_launcher() -> bool:
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES")
-    if hosts is not None:
-        return len(hosts.split(",")) > 1
-    return True
+def _launched_on_a_cluster() -> bool:
+    # Every TPU VM names its workers; a single-host one names only itself.
+    tpu_workers = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    return len(tpu_workers) > 1 or any(name in os.environ for name in _LAUNCHER_ENVIRONMENT)

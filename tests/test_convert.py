@@ -557,6 +557,31 @@ def test_save_model_refuses_an_existing_directory(tmp_path, random_model):
     assert os.listdir(tmp_path / "m") == []
 
 
+def test_save_model_refuses_to_replace_a_file(tmp_path, random_model):
+    (tmp_path / "m").write_text("not a model")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        checkpoint.save_model(random_model, tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m").read_text() == "not a model"
+
+
+def test_outputs_get_the_permissions_of_plain_files(tmp_path, random_model):
+    previous = os.umask(0o022)
+    try:
+        checkpoint.save_model(random_model, tmp_path / "m")
+        convert.write_pytorch_checkpoint(
+            checkpoint.export_pytorch_state_dict(random_model), tmp_path / "m.pth"
+        )
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "m.pth").stat().st_mode & 0o777 == 0o644
+
+
+def test_cli_to_pytorch_into_a_missing_folder_is_a_one_line_error(tmp_path, model_dir, capsys):
+    assert convert.main(["--to-pytorch", str(model_dir), str(tmp_path / "no" / "such" / "x.pth")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
 def _boom(*args, **kwargs):
     raise RuntimeError("simulated crash")
 
