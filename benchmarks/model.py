@@ -34,7 +34,12 @@ def parse_args():
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--modes", default="forward,train")
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
+    parser.add_argument(
+        "--remat", action="store_true", help="recompute block activations in the backward pass"
+    )
+    parser.add_argument(
+        "--num-microbatches", type=int, default=1, help="accumulate the training step's gradient over N parts"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--compile-only", action="store_true", help="report compile time and memory, do not run"
@@ -92,6 +97,7 @@ def training_config(size, scan, dtype, batch):
     config.model.remat = ARGS.remat
     config.dtype = dtype
     config.batch_size = batch
+    config.num_microbatches = ARGS.num_microbatches
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return config
 

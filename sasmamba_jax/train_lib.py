@@ -13,6 +13,7 @@ automatically from ``workdir/checkpoints``.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -55,6 +56,8 @@ class TrainState:
         rng: (2,) uint32 base key; step s uses ``fold_in(rng, s)`` for DropPath.
         graphdef: the model's structure (static), in training mode.
         tx: the optimizer (static).
+        num_microbatches: the batch is processed in this many equal parts whose
+            gradients are averaged (static; 1: the whole batch at once).
     """
 
     step: jax.Array
@@ -63,6 +66,7 @@ class TrainState:
     rng: jax.Array
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    num_microbatches: int = struct.field(pytree_node=False, default=1)
 
     def arrays(self) -> dict[str, Any]:
         """The checkpointed part: every array, nothing static."""
@@ -112,6 +116,11 @@ def create_train_state(
         eps=opt.eps,
         weight_decay=opt.weight_decay,
     )
+    if config.num_microbatches < 1 or config.batch_size % config.num_microbatches:
+        raise ValueError(
+            f"num_microbatches ({config.num_microbatches}) must be positive and divide "
+            f"batch_size ({config.batch_size})"
+        )
     graphdef, params = nnx.split(nnx.view(model, deterministic=False))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -120,6 +129,7 @@ def create_train_state(
         rng=jax.random.key_data(jax.random.key(config.seed)),
         graphdef=graphdef,
         tx=tx,
+        num_microbatches=config.num_microbatches,
     )
 
 
@@ -145,8 +155,54 @@ def dropout_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
+def split_microbatches(batch: dict[str, jax.Array], num_microbatches: int) -> dict[str, jax.Array]:
+    """(B, ...) arrays -> (num_microbatches, B / num_microbatches, ...).
+
+    Microbatch i takes rows i, i + num_microbatches, ...: with the batch split
+    into contiguous blocks of rows over the devices, every microbatch is then
+    split over all of them too.
+    """
+
+    def split(array):
+        rows = array.shape[0] // num_microbatches
+        return jnp.swapaxes(array.reshape(rows, num_microbatches, *array.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_loss_and_grads(
+    state: TrainState, batch: dict[str, jax.Array]
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]:
+    """``loss_and_grads`` of the whole batch, computed one microbatch at a time.
+
+    Every loss term is a mean over equally many elements per microbatch, so the
+    mean over microbatches is the whole batch's loss and gradient; only one
+    microbatch's activations are alive at once. Microbatch i draws DropPath
+    keys from ``fold_in(dropout_key(state), i)``.
+    """
+    key = dropout_key(state)
+    if state.num_microbatches == 1:
+        return loss_and_grads(state.graphdef, state.params, batch, key)
+
+    def add_microbatch(total, inputs):
+        index, microbatch = inputs
+        result = loss_and_grads(state.graphdef, state.params, microbatch, jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, total, result), None
+
+    microbatches = split_microbatches(batch, state.num_microbatches)
+    shapes = jax.eval_shape(
+        functools.partial(loss_and_grads, state.graphdef),
+        state.params,
+        jax.tree.map(lambda array: array[0], microbatches),
+        key,
+    )
+    zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    total, _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(state.num_microbatches), microbatches))
+    return jax.tree.map(lambda summed: summed / state.num_microbatches, total)
+
+
 def _train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-    (loss, terms), grads = loss_and_grads(state.graphdef, state.params, batch, dropout_key(state))
+    (loss, terms), grads = accumulated_loss_and_grads(state, batch)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

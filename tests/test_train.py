@@ -159,6 +159,32 @@ def test_step0_gradients_match_the_release(release, release_gradients):
         np.testing.assert_allclose(grad, release[f"grad/{name}"], rtol=0, atol=ATOL, err_msg=name)
 
 
+@pytest.mark.parametrize("num_microbatches", [2, 4])
+def test_microbatched_gradients_match_the_release(data_dir, release, release_config, num_microbatches):
+    """Accumulating over microbatches gives the whole batch's loss and gradient."""
+    state = train_lib.create_train_state(release_config, _release_model(data_dir, "release"))
+    state = state.replace(num_microbatches=num_microbatches)
+    (loss, _), grads = jax.jit(train_lib.accumulated_loss_and_grads)(state, _release_batch(release, 0))
+    np.testing.assert_allclose(loss, release["loss"][0], rtol=LOSS_RTOL)
+    for name, grad in _release_names(grads, release).items():
+        np.testing.assert_allclose(grad, release[f"grad/{name}"], rtol=0, atol=ATOL, err_msg=name)
+
+
+def test_split_microbatches_deals_rows_round_robin():
+    batch = {"input_2d": np.arange(6)[:, None] * np.ones((6, 3))}
+    split = train_lib.split_microbatches(batch, 3)["input_2d"]
+    assert split.shape == (3, 2, 3)
+    np.testing.assert_array_equal(split[:, :, 0], [[0, 3], [1, 4], [2, 5]])
+
+
+def test_num_microbatches_must_divide_the_batch(release_config):
+    config = release_config.copy_and_resolve_references()
+    with config.unlocked():
+        config.num_microbatches = 3
+    with pytest.raises(ValueError, match="num_microbatches .3. must be positive and divide batch_size .4."):
+        train_lib.create_train_state(config, train_lib.create_model(config))
+
+
 def test_exact_stride_backward_differs(data_dir, release, release_config, release_gradients):
     """The fixture's gradients are the release's approximate backward, so the match above
     depends on it: the true gradient of the same loss is far from them."""
