@@ -66,13 +66,8 @@ def main(argv):
         return 2
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
-    predictions = eval_lib.predict_clips(
-        graphdef,
-        params,
-        task.data.test_inputs[..., : model.config.in_chans],
-        batch_size=config.eval.batch_size,
-        flip_permutation=task.flip_permutation if config.eval.flip else None,
-        mesh=mesh,
+    predictions = eval_lib.predict_test_clips(
+        graphdef, params, task, config.eval, mesh, model.config.in_chans
     )
     results = task.evaluate(predictions)
     if task.name == "h36m":

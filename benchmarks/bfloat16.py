@@ -50,13 +50,9 @@ def _test_predictions(checkpoint: str, data_path: str, dtype: str):
         config.data.pkl_path = data_path
     task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
-    predictions = eval_lib.predict_clips(
-        graphdef,
-        params,
-        task.data.test_inputs[..., : model.config.in_chans],
-        batch_size=config.eval.batch_size,
-        flip_permutation=task.flip_permutation,
-        mesh=sharding.make_mesh(config.mesh),
+    mesh = sharding.make_mesh(config.mesh)
+    predictions = eval_lib.predict_test_clips(
+        graphdef, params, task, config.eval, mesh, model.config.in_chans
     )
     return task, predictions
 

@@ -118,9 +118,9 @@ def predict_clips(
     return np.concatenate(outputs)
 
 
-def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> dict:
-    """Runs the dataset's evaluation protocol on an eval-mode model."""
-    predictions = predict_clips(
+def predict_test_clips(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> np.ndarray:
+    """(M, T, 17, 3) predictions of every test clip, with test-time flipping if ``eval_config.flip``."""
+    return predict_clips(
         graphdef,
         params,
         task.data.test_inputs[..., :in_chans],
@@ -128,7 +128,11 @@ def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_cha
         flip_permutation=task.flip_permutation if eval_config.flip else None,
         mesh=mesh,
     )
-    return task.evaluate(predictions)
+
+
+def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> dict:
+    """Runs the dataset's evaluation protocol on an eval-mode model."""
+    return task.evaluate(predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans))
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:

@@ -95,7 +95,12 @@ def _parse_args(argv):
     )
     parser.add_argument("--image-size", nargs=2, type=float, metavar=("W", "H"), help="image size in pixels")
     parser.add_argument("--output", required=True, help="output .npz")
-    parser.add_argument("--plot", help="also write an animation: .gif, or .mp4 (needs ffmpeg)")
+    parser.add_argument(
+        "--plot", help="also write a picture: .gif or .mp4 (needs ffmpeg) animation, or .png of one frame"
+    )
+    parser.add_argument(
+        "--plot-frame", type=int, default=None, help="the frame a .png shows (default the middle)"
+    )
     parser.add_argument(
         "--plot-max-frames", type=int, default=None, help="animate only the first N frames (default all)"
     )
@@ -114,8 +119,8 @@ def _parse_args(argv):
 def _check_plot_path(path: str) -> None:
     """Fails before any work on a --plot file that `plotting.save_animation` would refuse."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"--plot must end in .gif or .mp4, got {path}")
+    if suffix not in (".gif", ".mp4", ".png"):
+        raise ValueError(f"--plot must end in .gif, .mp4 or .png, got {path}")
     if suffix == ".mp4" and not animation.writers.is_available("ffmpeg"):
         raise ValueError(f"--plot {path}: MP4 needs ffmpeg, which is not installed; ask for a .gif")
 
@@ -148,14 +153,20 @@ def run(args: argparse.Namespace) -> None:
     if args.plot:
         plotted = results.get("poses_3d_px", poses_3d)
         unit = "px" if prepared.image_size is not None else "normalised units"
-        plotting.save_animation(
-            args.plot,
-            prepared.xy,
-            plotted,
-            image_size=prepared.image_size,
-            max_frames=args.plot_max_frames,
-            length_unit=unit,
-        )
+        if args.plot.lower().endswith(".png"):
+            frame = len(poses_3d) // 2 if args.plot_frame is None else args.plot_frame
+            plotting.save_frame(
+                args.plot, prepared.xy, plotted, frame, image_size=prepared.image_size, length_unit=unit
+            )
+        else:
+            plotting.save_animation(
+                args.plot,
+                prepared.xy,
+                plotted,
+                image_size=prepared.image_size,
+                max_frames=args.plot_max_frames,
+                length_unit=unit,
+            )
         print(f"wrote {args.plot}")
 
 

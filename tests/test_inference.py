@@ -265,6 +265,17 @@ def test_cli_json_input_and_plot(model_dir, tmp_path):
     assert (tmp_path / "out.gif").read_bytes()[:6] == b"GIF89a"
 
 
+def test_cli_png_plot_shows_one_frame(model_dir, tmp_path, capsys):
+    np.save(tmp_path / "kp.npy", np.random.default_rng(5).uniform(-0.5, 0.5, size=(6, 17, 2)))
+    arguments = (
+        f"--checkpoint {model_dir} --input {tmp_path / 'kp.npy'} --no-flip --output {tmp_path / 'o.npz'}"
+    )
+    assert infer.main(f"{arguments} --plot {tmp_path / 'o.png'} --plot-frame 5".split()) == 0
+    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert infer.main(f"{arguments} --plot {tmp_path / 'p.png'} --plot-frame 6".split()) == 2
+    assert "frame" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -287,9 +298,9 @@ def test_cli_refuses_unknown_plot_type_before_lifting(tmp_path, capsys):
     np.save(tmp_path / "kp.npy", np.ones((5, 17, 2)))
     status = infer.main(
         f"--checkpoint {tmp_path / 'nope'} --input {tmp_path / 'kp.npy'} "
-        f"--output {tmp_path / 'o.npz'} --plot {tmp_path / 'o.png'}".split()
+        f"--output {tmp_path / 'o.npz'} --plot {tmp_path / 'o.jpg'}".split()
     )
-    assert status == 2 and "--plot must end in .gif or .mp4" in capsys.readouterr().err
+    assert status == 2 and "--plot must end in .gif, .mp4 or .png" in capsys.readouterr().err
 
 
 def test_cli_missing_checkpoint(tmp_path, capsys):

@@ -1,0 +1,88 @@
+"""eval.py end to end: a release checkpoint evaluated on the demo set's test clips.
+
+The protocol itself is tested in test_evaluation.py; here the command line's
+wiring is: the .pth converted in memory, test-time flipping on and off, the
+results file, and one-line errors.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from sasmamba_jax import eval_lib, skeleton
+from sasmamba_jax.checkpoint import load_model
+from sasmamba_jax.inference import predict
+
+pytest.importorskip("torch")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+TIMEOUT_S = 300
+
+
+def _run_eval(*arguments):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "eval.py"), "--config=configs/tiny.py", *arguments],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _mirrored(poses):
+    """x negated and left/right joints swapped: (..., 17, C) -> (..., 17, C)."""
+    mirrored = np.array(poses)[..., skeleton.FLIP_PERMUTATION, :]
+    mirrored[..., 0] *= -1
+    return mirrored
+
+
+@pytest.fixture(scope="module")
+def expected(data_dir):
+    """P1 of the release checkpoint's predictions made here, with and without flipping."""
+    model = load_model(data_dir / "official_tiny.pth")
+    config = tiny.get_config()
+    task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    clips = task.data.test_inputs[..., : model.config.in_chans]
+    plain = np.concatenate([np.asarray(predict(model, batch)) for batch in np.array_split(clips, 8)])
+    mirrored = np.concatenate(
+        [np.asarray(predict(model, _mirrored(batch))) for batch in np.array_split(clips, 8)]
+    )
+    flipped = (plain + _mirrored(mirrored)) / 2
+    return {"flip": task.evaluate(flipped)["p1"], "no_flip": task.evaluate(plain)["p1"]}
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_eval_py_scores_a_release_checkpoint(data_dir, tmp_path, expected, flip):
+    output = tmp_path / "results.json"
+    result = _run_eval(
+        f"--checkpoint={data_dir / 'official_tiny.pth'}", f"--output={output}", f"--config.eval.flip={flip}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert {"p1", "p2", "accel", "per_action", "per_joint"} <= results.keys()
+    assert len(results["per_joint"]) == 17 and results["per_action"]
+    assert all({"p1", "p2"} <= scores.keys() for scores in results["per_action"].values())
+    np.testing.assert_allclose(results["p1"], expected["flip" if flip else "no_flip"], rtol=1e-5)
+    assert "Average" in result.stdout
+
+
+def test_flipping_changes_the_score(expected):
+    assert abs(expected["flip"] - expected["no_flip"]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "checkpoint, message",
+    [("missing.pth", "checkpoint not found"), ("garbage.pth", "garbage.pth")],
+)
+def test_eval_py_bad_checkpoint_is_a_one_line_error(tmp_path, checkpoint, message):
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    result = _run_eval(f"--checkpoint={tmp_path / checkpoint}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
