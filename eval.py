@@ -18,13 +18,12 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from sasmamba_jax import checkpoint, distributed, eval_lib, evaluation, plotting, sharding
+from sasmamba_jax import checkpoint, cli, distributed, eval_lib, evaluation, plotting, sharding
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "h36m_243.py")
 
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (data and eval settings).")
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Config file (data and eval settings).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
 _PLOT = flags.DEFINE_string(
@@ -56,7 +55,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
+    config = cli.config_value(_CONFIG)
     options = {name: config.model[name] for name in RUN_OPTIONS}
     try:
         model = checkpoint.load_model(_CHECKPOINT.value, dtype=config.dtype, **options)
@@ -83,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

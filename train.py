@@ -14,15 +14,12 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from sasmamba_jax import distributed, train_lib
+from sasmamba_jax import cli, distributed, train_lib
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Training config file.", lock_config=True
-)
+_CONFIG = cli.define_config_file("config", _DEFAULT_CONFIG, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.", required=True)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -35,7 +32,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        results = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        results = train_lib.train_and_evaluate(cli.config_value(_CONFIG), _WORKDIR.value)
     except (train_lib.NonFiniteLossError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -48,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -86,3 +86,18 @@ def test_eval_py_bad_checkpoint_is_a_one_line_error(tmp_path, checkpoint, messag
     result = _run_eval(f"--checkpoint={tmp_path / checkpoint}")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--config.eval.flipp=False"], "unknown config key 'flipp' in --config.eval.flipp."),
+        (["--config=configs/nope.py"], "No such file or directory: 'configs/nope.py'"),
+        ([], "Flag --checkpoint must have a value"),
+    ],
+)
+def test_eval_py_flag_errors_are_one_line(arguments, message):
+    checkpoint = [] if not arguments else ["--checkpoint=unused.pth"]
+    result = _run_eval(*checkpoint, *arguments)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr

@@ -283,8 +283,11 @@ def test_train_py_rejects_an_unknown_config_key(tmp_path):
         cwd=tmp_path,
         timeout=120,
     )
-    assert result.returncode != 0
-    assert "learnig_rate" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "train.py: error: unknown config key 'learnig_rate' in --config.optimizer.learnig_rate. "
+        'Did you mean "learning_rate" instead of "learnig_rate"?'
+    )
     assert not workdir.exists()
 
 
