@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
             # files (train_npz, test_npz).
             dataset="h36m",
             pkl_path="",
+            # Optional: the release's per-clip folder (e.g. H36M-243, holding
+            # train/*.pkl) to train on instead of the pickle's training
+            # clips; evaluation still reads pkl_path.
+            train_clip_dir="",
             train_npz="",
             test_npz="",
             sample_stride=1,

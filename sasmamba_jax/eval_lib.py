@@ -51,6 +51,8 @@ def load_task(data_config: ml_collections.ConfigDict, num_frames: int, seed: int
             test_stride=data_config.test_stride or None,
             **strides,
         )
+        if data_config.train_clip_dir:
+            data = _with_training_clips_from(data_config.train_clip_dir, data, num_frames)
         evaluate = functools.partial(evaluation.evaluate_h36m, data=data)
         return Task("h36m", data, skeleton.ROOT, skeleton.FLIP_PERMUTATION, evaluate)
     if data_config.dataset == "3dhp":
@@ -60,6 +62,19 @@ def load_task(data_config: ml_collections.ConfigDict, num_frames: int, seed: int
         evaluate = functools.partial(evaluation.evaluate_3dhp, data=data)
         return Task("3dhp", data, mpi3dhp.ROOT_JOINT, mpi3dhp.FLIP_PERMUTATION, evaluate)
     raise ValueError(f"unknown dataset {data_config.dataset!r}; expected 'h36m' or '3dhp'")
+
+
+def _with_training_clips_from(root: str, data: h36m.H36MData, num_frames: int) -> h36m.H36MData:
+    """``data`` with its training clips read from the release's per-clip folder ``root/train``.
+
+    Evaluation still needs the pickle: the folders hold no test bookkeeping.
+    """
+    inputs, targets = h36m.load_clip_folder(root, "train")
+    if inputs.shape[1] != num_frames:
+        raise ValueError(
+            f"{root}/train holds clips of {inputs.shape[1]} frames; the model takes {num_frames}"
+        )
+    return dataclasses.replace(data, train_inputs=inputs, train_targets=targets)
 
 
 def mean_pose_baseline(task: Task) -> dict:

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sasmamba_jax import skeleton
+from configs import common
+from sasmamba_jax import eval_lib, skeleton
 from sasmamba_jax.data import augment, h36m, mpi3dhp
 
 CAMERAS = ("54138969", "55011271", "58860488", "60457274")
@@ -390,6 +391,27 @@ def test_load_clip_folder_reads_release_layout(tmp_path):
         h36m.load_clip_folder(str(root), "test")
     with pytest.raises(ValueError, match="split"):
         h36m.load_clip_folder(str(root), "val")
+
+
+def test_training_reads_the_clip_folder_when_configured(tmp_path):
+    """config.data.train_clip_dir: training clips from the folder, test data from the pickle."""
+    path = tmp_path / "h36m.pkl"
+    _write_h36m(path, TRAIN_VIDEOS, TEST_VIDEOS)
+    data = h36m.load_h36m(str(path), 6)
+    root = tmp_path / "H36M-6"
+    (root / "train").mkdir(parents=True)
+    # Clips that differ from the pickle's, so the test sees where they came from.
+    for i in range(2):
+        with open(root / "train" / f"{i:08d}.pkl", "wb") as f:
+            pickle.dump({"data_input": data.train_inputs[i] + 1, "data_label": data.train_targets[i] - 1}, f)
+    data_config = common.base_config().data
+    data_config.pkl_path, data_config.train_clip_dir = str(path), str(root)
+    task = eval_lib.load_task(data_config, 6, seed=0)
+    np.testing.assert_array_equal(task.data.train_inputs, data.train_inputs[:2] + 1)
+    np.testing.assert_array_equal(task.data.train_targets, data.train_targets[:2] - 1)
+    np.testing.assert_array_equal(task.data.test_inputs, data.test_inputs)
+    with pytest.raises(ValueError, match="clips of 6 frames; the model takes 9"):
+        eval_lib.load_task(data_config, 9, seed=0)
 
 
 # MPI-INF-3DHP.
