@@ -208,8 +208,8 @@ def _train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainSt
     metrics = {
         "loss": loss,
         **terms,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
