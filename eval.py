@@ -42,7 +42,7 @@ def _plot_first_clip(path, task, predictions):
     pred = predictions[0] - predictions[0][:, task.root_joint : task.root_joint + 1]
     if task.name == "h36m":
         frames = task.data.test_clip_frames[0]
-        scale = (task.data.test_clip_widths[0] / 2 * task.data.test_factors[frames])[:, None, None]
+        scale = evaluation.millimetres_per_unit(task.data)[0, :, None, None]
         truth = task.data.test_joints_mm[frames]
         truth = truth - truth[:, task.root_joint : task.root_joint + 1]
         pred, unit = pred * scale, "mm"

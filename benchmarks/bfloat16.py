@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from configs import demo
-from sasmamba_jax import eval_lib, sharding
+from sasmamba_jax import eval_lib, evaluation, sharding
 from sasmamba_jax.checkpoint import load_model
 from sasmamba_jax.inference import predict
 
@@ -57,12 +57,6 @@ def _test_predictions(checkpoint: str, data_path: str, dtype: str):
     return task, predictions
 
 
-def _millimetres_per_unit(task) -> np.ndarray:
-    """(M, T, 1, 1): the release's de-normalisation, camera width / 2 times the 2.5d factor."""
-    data = task.data
-    return (data.test_clip_widths[:, None] / 2 * data.test_factors[data.test_clip_frames])[..., None, None]
-
-
 def compare_on_test_split(checkpoint: str, data_path: str) -> None:
     runs = {dtype: _test_predictions(checkpoint, data_path, dtype) for dtype in DTYPES}
     task = runs["float32"][0]
@@ -70,10 +64,8 @@ def compare_on_test_split(checkpoint: str, data_path: str) -> None:
     relative = {
         dtype: predictions - predictions[:, :, root : root + 1] for dtype, (_, predictions) in runs.items()
     }
-    distance_mm = (
-        np.linalg.norm(relative["bfloat16"] - relative["float32"], axis=-1)
-        * _millimetres_per_unit(task)[..., 0]
-    )
+    difference = np.linalg.norm(relative["bfloat16"] - relative["float32"], axis=-1)
+    distance_mm = difference * evaluation.millimetres_per_unit(task.data)[..., None]
     print(f"{checkpoint} on the test split of {data_path}")
     for dtype, (_, predictions) in runs.items():
         results = task.evaluate(predictions)

@@ -43,16 +43,22 @@ def _last_occurrences(frames):
     return len(frames) - 1 - reversed_first
 
 
+def millimetres_per_unit(data):
+    """(M, T): the factor taking root-relative test-clip predictions to millimetres.
+
+    The release de-normalises x and y with an offset, scales by the 2.5d
+    factor and subtracts the root: the offset cancels, leaving res_w / 2 *
+    factor per clip frame.
+    """
+    return data.test_clip_widths[:, None] / 2 * data.test_factors[data.test_clip_frames]
+
+
 def _clip_errors_mm(predictions, data):
     """Per-clip frame errors: joint (M, T, J), P-MPJPE (M, T), accel (M, T - 2)."""
     num_clips, num_frames, num_joints, _ = predictions.shape
     pred = predictions.copy()
     pred[:, :, skeleton.ROOT] = 0
-    # The release de-normalises x and y with an offset, scales by the 2.5d
-    # factor and subtracts the root: the offset cancels, leaving the scale
-    # res_w / 2 * factor on a pose whose root stays 0.
-    scale = data.test_clip_widths[:, None] / 2 * data.test_factors[data.test_clip_frames]
-    pred = pred * scale[:, :, None, None]
+    pred = pred * millimetres_per_unit(data)[:, :, None, None]
     gt = data.test_joints_mm[data.test_clip_frames].astype(np.float64)
     gt -= gt[:, :, skeleton.ROOT : skeleton.ROOT + 1]
 
