@@ -294,19 +294,16 @@ def test_cli_errors_are_one_line_with_status_2(model_dir, tmp_path, capsys, cont
     assert err.count("\n") == 1 and message in err
 
 
-def test_cli_refuses_unknown_plot_type_before_lifting(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        # Refused before the (missing) checkpoint is even looked at.
+        ("--plot {tmp}/o.jpg", "--plot must end in .gif, .mp4 or .png"),
+        ("", "checkpoint not found"),
+    ],
+)
+def test_cli_errors_before_lifting(tmp_path, capsys, extra, message):
     np.save(tmp_path / "kp.npy", np.ones((5, 17, 2)))
-    status = infer.main(
-        f"--checkpoint {tmp_path / 'nope'} --input {tmp_path / 'kp.npy'} "
-        f"--output {tmp_path / 'o.npz'} --plot {tmp_path / 'o.jpg'}".split()
-    )
-    assert status == 2 and "--plot must end in .gif, .mp4 or .png" in capsys.readouterr().err
-
-
-def test_cli_missing_checkpoint(tmp_path, capsys):
-    np.save(tmp_path / "kp.npy", np.ones((5, 17, 2)))
-    status = infer.main(
-        f"--checkpoint {tmp_path / 'nope'} --input {tmp_path / 'kp.npy'} "
-        f"--output {tmp_path / 'o.npz'}".split()
-    )
-    assert status == 2 and "checkpoint not found" in capsys.readouterr().err
+    arguments = f"--checkpoint {tmp_path}/nope --input {tmp_path}/kp.npy --output {tmp_path}/o.npz "
+    status = infer.main((arguments + extra.format(tmp=tmp_path)).split())
+    assert status == 2 and message in capsys.readouterr().err
