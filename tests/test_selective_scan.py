@@ -218,3 +218,30 @@ def test_rejects_unknown_backend_and_bad_chunk_size():
     for chunk_size in (0, -3):
         with pytest.raises(ValueError, match="chunk_size"):
             selective_scan(*args, backend="chunked", chunk_size=chunk_size)
+
+
+def test_chunked_gradient_never_stores_every_state():
+    # The chunked back end keeps one state per chunk and recomputes a chunk's
+    # states in the backward pass, so its compiled temporaries stay below one
+    # (B, L, K, E, N) array of states; the associative back end needs about
+    # 13 of them here.
+    batch, length, k, e, n = 1, 512, 4, 32, 16
+    args = [
+        jnp.zeros((batch, length, k, e)),
+        jnp.zeros((batch, length, k, e)),
+        -jnp.ones((k, e, n)),
+        jnp.zeros((batch, length, k, n)),
+        jnp.zeros((batch, length, k, n)),
+        jnp.ones((k, e)),
+        jnp.zeros((k, e)),
+    ]
+    states_bytes = batch * length * k * e * n * 4
+
+    def temp_bytes(backend):
+        def loss(*scan_args):
+            return selective_scan(*scan_args, backend=backend, chunk_size=16).sum()
+
+        grad = jax.grad(loss, argnums=(0, 1, 2, 3, 4))
+        return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes("chunked") < states_bytes < temp_bytes("associative")
