@@ -12,7 +12,8 @@ For every (b, k, e) the scan runs the diagonal linear recurrence
 Back ends (one argument, same function):
 
 * ``"sequential"``: ``lax.scan`` over L, carrying the (B, K, E, N) state. The
-    reference, and the lightest in memory.
+    reference, and the lightest in memory for inference; its backward pass
+    keeps every (B, L, K, E, N) state from the forward one.
 * ``"associative"``: ``lax.associative_scan`` over the whole sequence. Fully
     parallel, but it materialises every (B, L, K, E, N) state (and more in the
     backward pass).
