@@ -6,6 +6,7 @@ parameters must agree.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -66,8 +67,19 @@ def _run_all(commands_and_envs):
                 p.kill()
                 p.wait()
     for p, out in zip(processes, outputs):
-        assert p.returncode == 0, f"process failed ({p.returncode}):\n{out[-4000:]}"
+        assert p.returncode == 0, f"process failed ({p.returncode}):\n{_failure_report(out)}"
     return outputs
+
+
+def _failure_report(output: str) -> str:
+    """A crashed process's glog error lines, then its last lines.
+
+    An abort ends in a dump of every thread's stack, so the line that says
+    why (XLA's and the coordination service's ``E``/``F`` log lines) is far
+    from the end of the output.
+    """
+    log_errors = [line for line in output.splitlines() if re.match(r"[EF]\d{4} ", line)]
+    return "\n".join(log_errors[-20:]) + "\n...\n" + output[-2000:]
 
 
 def _param_leaves(model):
