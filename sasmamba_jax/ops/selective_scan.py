@@ -251,7 +251,7 @@ def _chunk_outputs(h, inputs, A):
 @jax.custom_vjp
 def _scan_chunks(u, dt, B, C, A):
     """u, dt: (num_chunks, B, c, K, E); B, C: (num_chunks, B, c, K, N); A: (K, E, N) -> like u."""
-    h0 = jnp.zeros((*u.shape[1:2], *A.shape), jnp.float32)
+    h0 = jnp.zeros((u.shape[1], *A.shape), jnp.float32)
     _, ys = jax.lax.scan(lambda h, inputs: _chunk_outputs(h, inputs, A), h0, (u, dt, B, C))
     return ys
 
@@ -263,7 +263,7 @@ def _scan_chunks_forward(u, dt, B, C, A):
         h_next, y = _chunk_outputs(h, inputs, A)
         return h_next, (y, h)
 
-    h0 = jnp.zeros((*u.shape[1:2], *A.shape), jnp.float32)
+    h0 = jnp.zeros((u.shape[1], *A.shape), jnp.float32)
     _, (ys, chunk_starts) = jax.lax.scan(step, h0, (u, dt, B, C))
     return ys, (u, dt, B, C, A, chunk_starts)
 
