@@ -314,29 +314,59 @@ class SasMamba(nnx.Module):
         dtype = self.config.compute_dtype
         num_frames = x.shape[1]
         h = self.joint_embed(x.astype(dtype)) + self.joint_pos_embed[...].astype(dtype)
-        remat = self.config.remat
+        positions = self.frame_pos_embed[...][:num_frames, None].astype(dtype)
+        layers = []
         for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            h = self.spatial_norm(_run_block(spatial, h, rngs, remat))
-            if i == 0:
-                h = h + self.frame_pos_embed[...][:num_frames, None].astype(dtype)
-            h = self.temporal_norm(_run_block(temporal, h, rngs, remat))
+            layers.append(_Layer(spatial, self.spatial_norm, positions if i == 0 else None))
+            layers.append(_Layer(temporal, self.temporal_norm, None))
+        keys = [rngs.dropout() for _ in layers] if rngs is not None else None
+        run = _run_layers_rematerialised if self.config.remat else _run_layers
+        h = run(layers, h, keys)
         return self.head(self.head_norm(h)).astype(jnp.float32)
 
 
-def _run_block(block: SasMambaBlock, h: jax.Array, rngs: nnx.Rngs | None, remat: bool) -> jax.Array:
-    """One block, optionally under ``jax.checkpoint``.
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """One block, the shared norm after it, and the frame positions added after that (first layer only)."""
 
-    Each block draws one DropPath key from ``rngs`` whether or not it is
-    rematerialised, so both settings train identically.
+    block: SasMambaBlock
+    norm: nnx.LayerNorm
+    positions: jax.Array | None
+
+    def __call__(self, h: jax.Array, key: jax.Array | None) -> jax.Array:
+        h = self.norm(self.block(h, rngs=None if key is None else nnx.Rngs(dropout=key)))
+        return h if self.positions is None else h + self.positions
+
+
+def _run_layers(layers: list[_Layer], h: jax.Array, keys: list[jax.Array] | None) -> jax.Array:
+    """The layers one after another; ``keys``: one DropPath key per layer, None in eval mode."""
+    for i, layer in enumerate(layers):
+        h = layer(h, None if keys is None else keys[i])
+    return h
+
+
+def _run_layers_rematerialised(layers: list[_Layer], h: jax.Array, keys: list[jax.Array] | None) -> jax.Array:
+    """The layers as one ``lax.scan`` whose body, under ``jax.checkpoint``, runs layer i by ``lax.switch``.
+
+    Only each layer's input is stored; the backward loop recomputes one
+    layer's activations at a time, so training memory is about one layer's
+    worth on every platform. ``jax.checkpoint`` on straight-line code is only a
+    hint that XLA:CPU's scheduler undoes by recomputing early; a loop body
+    cannot be hoisted.
     """
-    key = rngs.dropout() if rngs is not None else None
-    graphdef, state = nnx.split(block)
+    dropout = keys is not None
 
-    def apply(state, h, key):
-        block_rngs = None if key is None else nnx.Rngs(dropout=key)
-        return nnx.merge(graphdef, state)(h, rngs=block_rngs)
+    def branch(layer):
+        return lambda h, key: layer(h, key if dropout else None)
 
-    return (jax.checkpoint(apply) if remat else apply)(state, h, key)
+    @jax.checkpoint
+    def body(h, inputs):
+        index, key = inputs
+        return jax.lax.switch(index, [branch(layer) for layer in layers], h, key), None
+
+    key_stack = jnp.stack(keys) if dropout else jnp.zeros(len(layers))
+    h, _ = jax.lax.scan(body, h, (jnp.arange(len(layers)), key_stack))
+    return h
 
 
 def check_input_shape(shape: tuple[int, ...], config: SasMambaConfig) -> None:
