@@ -23,8 +23,13 @@ from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
 STEPS = 3
-# (data, fsdp) sizes.
-MESHES = {"data8": (8, 1), "data2_fsdp4": (2, 4), "one_device": (1, 1)}
+# (data, fsdp) sizes, and whether the model runs its layers as one rematerialised loop.
+MESHES = {
+    "data8": (8, 1, False),
+    "data2_fsdp4": (2, 4, False),
+    "data2_fsdp4_remat": (2, 4, True),
+    "one_device": (1, 1, False),
+}
 ATOL = 1e-5
 # Gradients are compared relative to the largest one: they span many magnitudes.
 GRAD_RTOL_OF_MAX = 1e-5
@@ -38,7 +43,7 @@ WELL_CONDITIONED_EPS = 1e-4
 TIMEOUT_S = 600
 
 
-def _config():
+def _config(remat=False):
     """The tiny recipe, cut to one layer of width 64: the narrowest SasMamba whose
     larger arrays reach sharding.MIN_SHARDED_SIZE, so that fsdp has something to cut.
 
@@ -49,6 +54,7 @@ def _config():
         config.model.num_frames = 9
         config.model.dim = 64
         config.model.depth = 1
+        config.model.remat = remat
         config.batch_size = NUM_DEVICES
         config.optimizer.learning_rate = common.base_config().optimizer.learning_rate
         config.optimizer.eps = WELL_CONDITIONED_EPS
@@ -128,12 +134,14 @@ def _child_main(output_path):
         flip=True,
     )
     batches = [next(loader) for _ in range(STEPS)]
-    model = train_lib.create_model(config)
     record = {}
-    for name, (data, fsdp) in MESHES.items():
+    for name, (data, fsdp, remat) in MESHES.items():
+        # The same seed: every run starts from the same parameters.
+        run_config = _config(remat)
+        model = train_lib.create_model(run_config)
         devices = jax.devices()[: data * fsdp]
         mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
-        state = _train_on_mesh(config, model, mesh, batches, record, name)
+        state = _train_on_mesh(run_config, model, mesh, batches, record, name)
         if name == "data2_fsdp4":
             orbax_dir = os.path.join(os.path.dirname(output_path), "orbax")
             _orbax_round_trip(state, loader.get_state(), orbax_dir, record)
@@ -166,7 +174,7 @@ def _params(runs, mesh_name, kind="params"):
     return {key[len(prefix) :]: value for key, value in runs.items() if key.startswith(prefix)}
 
 
-@pytest.mark.parametrize("mesh_name", ["data8", "data2_fsdp4"])
+@pytest.mark.parametrize("mesh_name", ["data8", "data2_fsdp4", "data2_fsdp4_remat"])
 def test_mesh_gradients_match_one_device(mesh_runs, mesh_name):
     ours, single = _params(mesh_runs, mesh_name, "grads"), _params(mesh_runs, "one_device", "grads")
     assert ours.keys() == single.keys() and len(ours) > 20
@@ -178,7 +186,7 @@ def test_mesh_gradients_match_one_device(mesh_runs, mesh_name):
         )
 
 
-@pytest.mark.parametrize("mesh_name", ["data8", "data2_fsdp4"])
+@pytest.mark.parametrize("mesh_name", ["data8", "data2_fsdp4", "data2_fsdp4_remat"])
 def test_mesh_training_matches_one_device(mesh_runs, mesh_name):
     ours, single = _params(mesh_runs, mesh_name), _params(mesh_runs, "one_device")
     assert ours.keys() == single.keys() and len(ours) > 20
@@ -212,6 +220,7 @@ def test_fsdp_shards_parameters_and_data_parallel_replicates_them(mesh_runs):
 
     fsdp_sharded = sharded_names("data2_fsdp4")
     assert any("in_proj" in name for name in fsdp_sharded), fsdp_sharded
+    assert sharded_names("data2_fsdp4_remat") == fsdp_sharded
     assert sharded_names("data8") == []
 
 
