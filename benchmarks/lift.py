@@ -4,12 +4,13 @@ The model is the published Human3.6M configuration (T = 243, dim 64, depth 5)
 with RANDOM weights: the run time does not depend on the weights, so no
 trained checkpoint is needed. The input is a random 10,000-frame sequence.
 
-For every (scan backend, batch size, flip) combination the first call, which
-compiles, is timed separately from `--repeats` steady-state calls; the table
-gives the compile time (first call minus one steady batch), the best and
-median steady times and the frames per second of the best.
+For every (scan backend, batch size, flip, threads) combination the first
+call, which compiles, is timed separately from `--repeats` steady-state
+calls; the table gives the compile time (first call minus one steady batch),
+the best and median steady times, the frames per second of the best, and its
+speed-up over the first `--threads` value measured in the same run.
 
-    python benchmarks/lift.py --frames 10000 --repeats 3
+    python benchmarks/lift.py --frames 10000 --repeats 3 --threads 1 2
 """
 
 import argparse
@@ -31,7 +32,7 @@ def _timed(function, *args, **kwargs) -> float:
     return time.perf_counter() - started
 
 
-_WIDTHS = (11, 5, 5, 9, 8, 8, 9)
+_WIDTHS = (11, 5, 5, 7, 9, 8, 8, 9, 9)
 
 
 def main():
@@ -41,6 +42,9 @@ def main():
     parser.add_argument("--frames", type=int, default=10_000, help="length of the lifted sequence")
     parser.add_argument("--scans", nargs="+", choices=BACKENDS, default=["auto"], help="scan backends")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[inference.DEFAULT_BATCH_SIZE])
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[inference.DEFAULT_THREADS], help="forward calls in flight"
+    )
     parser.add_argument("--stride", type=int, default=None, help="window stride (default F / 2)")
     parser.add_argument("--repeats", type=int, default=3, help="steady-state runs per row")
     args = parser.parse_args()
@@ -53,28 +57,31 @@ def main():
     print(
         f"{args.frames} frames = {num_windows} windows (stride {stride}); {args.repeats} steady runs per row"
     )
-    columns = ("scan", "batch", "flip", "compile s", "best s", "median s", "frames/s")
+    columns = ("scan", "batch", "flip", "threads", "compile s", "best s", "median s", "frames/s", "speed-up")
     print(" ".join(f"{name:>{width}}" for name, width in zip(columns, _WIDTHS)))
     for scan in args.scans:
         model = SasMamba(config.with_options(scan=scan), rngs=nnx.Rngs(0))
         model.eval()
         for batch_size in args.batch_sizes:
             for flip in (False, True):
-                options = {"flip_tta": flip, "batch_size": batch_size, "stride": stride}
-                num_batches = -(-num_windows // batch_size)
-                one_batch = inputs[: config.num_frames]
-                first = _timed(inference.lift_sequence, model, one_batch, **options)
-                steady = [
-                    _timed(inference.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
-                ]
-                best = min(steady)
-                compile_s = first - best / num_batches
-                print(
-                    f"{scan:>11} {batch_size:>5} {'on' if flip else 'off':>5} {compile_s:9.1f} {best:8.1f} "
-                    f"{statistics.median(steady):8.1f} {args.frames / best:9.1f}",
-                    flush=True,
-                )
-
+                baseline = None
+                for threads in args.threads:
+                    options = dict(flip_tta=flip, batch_size=batch_size, threads=threads, stride=stride)
+                    num_batches = -(-num_windows // batch_size)
+                    one_batch = inputs[: config.num_frames]
+                    first = _timed(inference.lift_sequence, model, one_batch, **options)
+                    steady = [
+                        _timed(inference.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
+                    ]
+                    best = min(steady)
+                    baseline = baseline or best
+                    compile_s = first - best / num_batches
+                    print(
+                        f"{scan:>11} {batch_size:>5} {'on' if flip else 'off':>5} {threads:>7} "
+                        f"{compile_s:9.1f} {best:8.1f} {statistics.median(steady):8.1f} "
+                        f"{args.frames / best:9.1f} {baseline / best:9.2f}",
+                        flush=True,
+                    )
 
 if __name__ == "__main__":
     main()

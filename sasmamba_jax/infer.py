@@ -18,7 +18,13 @@ from matplotlib import animation
 
 from sasmamba_jax import keypoints, plotting
 from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import DEFAULT_BATCH_SIZE, SHORT_SEQUENCE_MODES, lift_sequence, to_image_units
+from sasmamba_jax.inference import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THREADS,
+    SHORT_SEQUENCE_MODES,
+    lift_sequence,
+    to_image_units,
+)
 
 _DESCRIPTION = """\
 Lift a sequence of 2D keypoints (e.g. a detector's output on a video) to
@@ -106,6 +112,7 @@ def _parse_args(argv):
     )
     parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging (2x faster)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward call")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="forward calls in flight")
     parser.add_argument("--stride", type=int, default=None, help="frames between windows (default F / 2)")
     parser.add_argument(
         "--short-sequence-mode",
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> None:
         prepared.model_input(model.config.in_chans),
         flip_tta=not args.no_flip,
         batch_size=args.batch_size,
+        threads=args.threads,
         stride=args.stride,
         short_sequence_mode=args.short_sequence_mode,
         progress=True,

@@ -111,6 +111,14 @@ def test_long_sequences_match_direct_window_calls(model, num_frames, stride, fli
     np.testing.assert_allclose(lifted, expected, atol=2e-5)
 
 
+def test_threads_do_not_change_the_result(model):
+    inputs = random_inputs(100, seed=3)
+    one_thread = inference.lift_sequence(model, inputs, stride=7, batch_size=1, threads=1)
+    for threads in (2, 5):
+        lifted = inference.lift_sequence(model, inputs, stride=7, batch_size=1, threads=threads)
+        np.testing.assert_array_equal(lifted, one_thread)
+
+
 @pytest.mark.parametrize("num_frames, short_mode", [(1, "resample"), (10, "resample"), (10, "direct")])
 def test_short_sequences_match_direct_window_calls(model, num_frames, short_mode):
     inputs = random_inputs(num_frames, seed=1)
@@ -194,6 +202,7 @@ def test_window_indices_cover_every_frame_with_full_windows():
         (np.ones((0, 17, 2)), {}, "empty sequence"),
         (np.full((5, 17, 2), np.nan), {}, "NaN"),
         (np.ones((5, 17, 2)), {"batch_size": 0}, "batch_size"),
+        (np.ones((5, 17, 2)), {"threads": 0}, "threads"),
         (np.ones((5, 17, 2)), {"stride": FRAMES + 1}, "stride"),
         (np.ones((5, 17, 2)), {"short_sequence_mode": "pad"}, "short_sequence_mode"),
     ],
