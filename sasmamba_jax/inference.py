@@ -55,9 +55,9 @@ SHORT_SEQUENCE_MODES = ("resample", "direct")
 DEFAULT_BATCH_SIZE = 1
 # XLA:CPU runs the loops of one program one after another on one core (the
 # scan is most of the model's time), while programs called from two threads
-# run side by side: two threads lift 1.46x as many windows per second on a
-# 2-core CPU (0.45 s vs 0.66 s per window). On accelerators the second
-# thread only queues work.
+# run side by side: two threads lift more windows per second on a
+# 2-core CPU (benchmarks/lift.py: 1.39-1.43x). Unmeasured on accelerators,
+# where batch_size is the lever that matters.
 DEFAULT_THREADS = 2
 EXPORT_FORMAT = "sasmamba-jax-export"
 EXPORT_METADATA_SUFFIX = ".json"
