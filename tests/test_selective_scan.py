@@ -23,9 +23,14 @@ from sasmamba_jax.ops import selective_scan
 FIXTURE_FILE = pathlib.Path(__file__).parent / "data" / "official_tiny.npz"
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 # (backend, chunk_size) pairs; L = 36 in the random tests: 12 divides it, 7
-# does not, 1 is a chunk per step and 50 is longer than the sequence.
+# does not, 1 is a chunk per step and 50 is longer than the sequence. For the
+# sequential back end chunk_size is the number of steps between the states
+# its backward pass keeps.
 SCAN_CONFIGS = (
     ("sequential", 64),
+    ("sequential", 12),
+    ("sequential", 7),
+    ("sequential", 1),
     ("associative", 64),
     ("chunked", 12),
     ("chunked", 7),
@@ -220,11 +225,11 @@ def test_rejects_unknown_backend_and_bad_chunk_size():
             selective_scan(*args, backend="chunked", chunk_size=chunk_size)
 
 
-def test_chunked_gradient_never_stores_every_state():
-    # The chunked back end keeps one state per chunk and recomputes a chunk's
-    # states in the backward pass, so its compiled temporaries stay below one
-    # (B, L, K, E, N) array of states; the associative back end needs about
-    # 13 of them here.
+def test_chunked_and_sequential_gradients_never_store_every_state():
+    # The chunked and sequential back ends keep one state per chunk (segment)
+    # and recompute a chunk's states in the backward pass, so their compiled
+    # temporaries stay below one (B, L, K, E, N) array of states; the
+    # associative back end needs about 13 of them here.
     batch, length, k, e, n = 1, 512, 4, 32, 16
     args = [
         jnp.zeros((batch, length, k, e)),
@@ -245,3 +250,4 @@ def test_chunked_gradient_never_stores_every_state():
         return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes("chunked") < states_bytes < temp_bytes("associative")
+    assert temp_bytes("sequential") < states_bytes

@@ -12,8 +12,10 @@ For every (b, k, e) the scan runs the diagonal linear recurrence
 Back ends (one argument, same function):
 
 * ``"sequential"``: ``lax.scan`` over L, carrying the (B, K, E, N) state. The
-    reference, and the lightest in memory for inference; its backward pass
-    keeps every (B, L, K, E, N) state from the forward one.
+    reference. Its backward pass (written out) keeps only the state entering
+    each segment of ``chunk_size`` steps and recomputes one segment's states
+    at a time; on CPU that is faster than storing every state (fwd+bwd at the
+    published size: 0.39 s vs 0.57 s, 116 MB vs 655 MB of temporaries).
 * ``"associative"``: ``lax.associative_scan`` over the whole sequence. Fully
     parallel, but it materialises every (B, L, K, E, N) state (and more in the
     backward pass).
@@ -28,6 +30,7 @@ Whatever the input dtype, the state, the discretisation (exp, softplus) and the
 accumulation run in float32; the output is cast back to the dtype of ``u``.
 """
 
+import functools
 from typing import Literal
 
 import jax
@@ -74,7 +77,9 @@ def selective_scan(
         delta_bias: (K, E) step-size bias.
         backend: "associative", "chunked", "sequential", or "auto" (the
             fastest measured on the default platform; ``AUTO_BACKENDS``).
-        chunk_size: steps per chunk of the "chunked" back end.
+        chunk_size: steps per chunk of the "chunked" back end, and steps
+            between the states the "sequential" back end keeps for its
+            backward pass.
 
     Returns:
         (B, L, K, E) outputs in the dtype of ``u``.
@@ -85,7 +90,7 @@ def selective_scan(
     u32, B32, C32, A32, D32 = (t.astype(jnp.float32) for t in (u, B, C, A, D))
     dt = jax.nn.softplus(delta.astype(jnp.float32) + delta_bias.astype(jnp.float32))
     if backend == "sequential":
-        y = _sequential_scan(u32, dt, A32, B32, C32)
+        y = _sequential_scan(u32, dt, A32, B32, C32, chunk_size)
     elif backend == "associative":
         y = _associative_scan(u32, dt, A32, B32, C32)
     else:
@@ -118,13 +123,14 @@ def _associative_scan(u, dt, A, B, C):
     return _read_out(states, C)
 
 
-def _sequential_scan(u, dt, A, B, C):
-    # One loop per direction: the loops are independent, so XLA's CPU runtime
-    # can run them side by side. The state is laid out (N, B, E): the channel
-    # axis, which every broadcast in the step shares, is the contiguous one.
-    # Both choices measured about twice as fast as one (B, K, E, N) loop on CPU.
+def _sequential_scan(u, dt, A, B, C, segment_size):
+    # One loop per direction: the state is laid out (N, B, E), the channel
+    # axis, which every broadcast in the step shares, being the contiguous
+    # one. Measured about twice as fast as one (B, K, E, N) loop on CPU.
     outputs = [
-        _sequential_scan_one_direction(u[:, :, i], dt[:, :, i], A[i], B[:, :, i], C[:, :, i])
+        _sequential_scan_one_direction(
+            u[:, :, i], dt[:, :, i], A[i], B[:, :, i], C[:, :, i], segment_size=segment_size
+        )
         for i in range(u.shape[2])
     ]
     return jnp.stack(outputs, axis=2)
@@ -134,49 +140,87 @@ def _time_major(t):
     return jnp.moveaxis(t, 1, 0)
 
 
-def _sequential_states(u, dt, A, B, C, keep_states):
-    """The forward loop of one direction: outputs (B, L, E), and the (L, N, B, E) states if asked."""
-    A_t = A.T[:, None, :]
+def _steps(h, u, dt, A_t, B, C):
+    """Runs the recurrence over time-major steps from state h.
+
+    Args:
+        h: (N, B, E) state before the first step.
+        u, dt: (S, B, E).
+        A_t: (N, 1, E).
+        B, C: (S, N, B).
+
+    Returns:
+        the (N, B, E) state after the last step, (S, B, E) outputs and the
+        (S, N, B, E) states.
+    """
 
     def step(h, inputs):
         u_l, dt_l, B_l, C_l = inputs
         h = jnp.exp(dt_l * A_t) * h + (dt_l * u_l) * B_l[..., None]
-        y_l = jnp.einsum("nbe,nb->be", h, C_l)
-        return h, (y_l, h) if keep_states else y_l
+        return h, (jnp.einsum("nbe,nb->be", h, C_l), h)
+
+    h, (ys, states) = jax.lax.scan(step, h, (u, dt, B, C))
+    return h, ys, states
+
+
+def _segments(t, segment_size):
+    """(L, ...) time-major -> (L / S, S, ...), padded with zeros (dt = 0 steps change nothing)."""
+    num_segments = -(-t.shape[0] // segment_size)
+    pad = num_segments * segment_size - t.shape[0]
+    t = jnp.pad(t, ((0, pad),) + ((0, 0),) * (t.ndim - 1))
+    return t.reshape(num_segments, segment_size, *t.shape[1:])
+
+
+def _sequential_inputs(u, dt, B, C, segment_size):
+    """(B, L, .) inputs of one direction -> time-major segments (L / S, S, ...)."""
+    time_major = (_time_major(u), _time_major(dt), B.transpose(1, 2, 0), C.transpose(1, 2, 0))
+    return tuple(_segments(t, segment_size) for t in time_major)
+
+
+def _sequential_loop(u, dt, A, B, C, segment_size):
+    """Outputs (B, L, E) and the (L / S, N, B, E) state entering each segment of S steps."""
+    A_t = A.T[:, None, :]
+
+    def segment(h, inputs):
+        u_s, dt_s, B_s, C_s = inputs
+        h_next, ys, _ = _steps(h, u_s, dt_s, A_t, B_s, C_s)
+        return h_next, (ys, h)
 
     h0 = jnp.zeros((A.shape[-1], u.shape[0], u.shape[2]), jnp.float32)
-    inputs = (_time_major(u), _time_major(dt), B.transpose(1, 2, 0), C.transpose(1, 2, 0))
-    _, outputs = jax.lax.scan(step, h0, inputs)
-    if keep_states:
-        ys, states = outputs
-        return _time_major(ys), states
-    return _time_major(outputs)
+    segments = _sequential_inputs(u, dt, B, C, segment_size)
+    _, (ys, segment_starts) = jax.lax.scan(segment, h0, segments)
+    ys = ys.reshape(-1, *ys.shape[2:])[: u.shape[1]]
+    return _time_major(ys), segment_starts
 
 
-@jax.custom_vjp
-def _sequential_scan_one_direction(u, dt, A, B, C):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _sequential_scan_one_direction(u, dt, A, B, C, segment_size):
     """u, dt: (B, L, E); A: (E, N); B, C: (B, L, N) -> (B, L, E)."""
-    return _sequential_states(u, dt, A, B, C, keep_states=False)
+    return _sequential_loop(u, dt, A, B, C, segment_size)[0]
 
 
-def _sequential_forward(u, dt, A, B, C):
-    y, states = _sequential_states(u, dt, A, B, C, keep_states=True)
-    return y, (u, dt, A, B, C, states)
+def _sequential_forward(u, dt, A, B, C, segment_size):
+    # Only the state entering each segment is kept: the backward pass
+    # recomputes one segment's states at a time.
+    y, segment_starts = _sequential_loop(u, dt, A, B, C, segment_size)
+    return y, (u, dt, A, B, C, segment_starts)
 
 
-def _sequential_backward(residuals, grad_y):
-    # The adjoint recurrence, run backwards in time in one loop:
+def _sequential_backward(segment_size, residuals, grad_y):
+    # The adjoint recurrence, run backwards in time:
     #   g_l = C_l * grad_y_l + exp(dt_{l+1} A) * g_{l+1}     (g: gradient w.r.t. h_l)
     # with every per-step reduction done inside the loop. Measured about 1.5x
     # faster on CPU than differentiating the forward loop.
-    u, dt, A, B, C, states = residuals
+    u, dt, A, B, C, segment_starts = residuals
     A_t = A.T[:, None, :]
-    previous_states = jnp.concatenate([jnp.zeros_like(states[:1]), states[:-1]])
+    length = u.shape[1]
     next_dt = jnp.concatenate([dt[:, 1:], jnp.zeros_like(dt[:, :1])], axis=1)
+    segments = _sequential_inputs(u, dt, B, C, segment_size)
+    segments += tuple(_segments(_time_major(t), segment_size) for t in (grad_y, next_dt))
 
     def step(carry, inputs):
         g, grad_A = carry
-        u_l, dt_l, B_l, C_l, grad_y_l, h_l, h_prev, dt_next = inputs
+        u_l, dt_l, B_l, C_l, grad_y_l, dt_next, h_l, h_prev = inputs
         g = C_l[..., None] * grad_y_l + jnp.exp(dt_next * A_t) * g
         grad_decay = g * h_prev * jnp.exp(dt_l * A_t)
         grad_drive = (g * B_l[..., None]).sum(0)
@@ -186,19 +230,17 @@ def _sequential_backward(residuals, grad_y):
         grad_C = jnp.einsum("nbe,be->nb", h_l, grad_y_l)
         return (g, grad_A), (grad_drive * dt_l, grad_dt, grad_B, grad_C)
 
-    n, batch, e = states.shape[1:]
+    def segment(carry, inputs):
+        *step_inputs, h_start = inputs
+        u_s, dt_s, B_s, C_s = step_inputs[:4]
+        _, _, states = _steps(h_start, u_s, dt_s, A_t, B_s, C_s)
+        previous_states = jnp.concatenate([h_start[None], states[:-1]])
+        return jax.lax.scan(step, carry, (*step_inputs, states, previous_states), reverse=True)
+
+    n, batch, e = segment_starts.shape[1:]
     init = (jnp.zeros((n, batch, e), jnp.float32), jnp.zeros((n, e), jnp.float32))
-    inputs = (
-        _time_major(u),
-        _time_major(dt),
-        B.transpose(1, 2, 0),
-        C.transpose(1, 2, 0),
-        _time_major(grad_y),
-        states,
-        previous_states,
-        _time_major(next_dt),
-    )
-    (_, grad_A), (grad_u, grad_dt, grad_B, grad_C) = jax.lax.scan(step, init, inputs, reverse=True)
+    (_, grad_A), grads = jax.lax.scan(segment, init, (*segments, segment_starts), reverse=True)
+    grad_u, grad_dt, grad_B, grad_C = (t.reshape(-1, *t.shape[2:])[:length] for t in grads)
     return (
         _time_major(grad_u),
         _time_major(grad_dt),
