@@ -51,11 +51,17 @@ def scan_inputs(batch, length, directions, channels, state, seed=0):
     )
 
 
+def chunk_size(args, backend):
+    """Steps per chunk (chunked) or per kept state (sequential's backward)."""
+    return args.sequential_chunk_size if backend == "sequential" else args.chunk_size
+
+
 def bench_scan(args):
     inputs = scan_inputs(args.batch, args.length, 4, args.channels, 16)
     print(
         f"selective scan, B={args.batch} K=4 E={args.channels} L={args.length} N=16 "
-        f"on {jax.devices()[0].platform} ({jax.device_count()} device(s))"
+        f"on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
+        f"chunk size: chunked {args.chunk_size}, sequential {args.sequential_chunk_size}"
     )
     header = f"{'back end':<12}{'fwd s':>9}{'fwd+bwd s':>11}{'fwd temp MB':>13}{'fwd+bwd temp MB':>17}"
     print(header)
@@ -72,7 +78,7 @@ def bench_scan(args):
                 inputs["D"],
                 inputs["delta_bias"],
                 backend=backend,
-                chunk_size=args.chunk_size,
+                chunk_size=chunk_size(args, backend),
             )
 
         def loss(u, delta, B, C, forward=forward):
@@ -105,7 +111,7 @@ def bench_model(args):
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, args.frames, 17, 2)), jnp.float32)
     times = {}
     for backend in BACKENDS:
-        config = SasMambaConfig(num_frames=args.frames, scan=backend, chunk_size=args.chunk_size)
+        config = SasMambaConfig(num_frames=args.frames, scan=backend, chunk_size=chunk_size(args, backend))
         model = nnx.jit(lambda config=config: SasMamba(config, rngs=nnx.Rngs(0)))()
         model.eval()
         times[backend] = best_time(predict, model, x, repeats=args.repeats)
@@ -120,7 +126,10 @@ def main():
     )
     parser.add_argument("--quick", action="store_true", help="a small problem (B=1, T=27, E=64)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=64, help="the chunked back end's chunk size")
+    parser.add_argument(
+        "--sequential-chunk-size", type=int, default=64, help="sequential: steps per kept state"
+    )
     args = parser.parse_args()
     args.batch, args.frames, args.channels = (1, 27, 64) if args.quick else (2, 243, 128)
     args.length = args.frames * 17
