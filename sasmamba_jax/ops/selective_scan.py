@@ -164,12 +164,17 @@ def _steps(h, u, dt, A_t, B, C):
     return h, ys, states
 
 
-def _segments(t, segment_size):
-    """(L, ...) time-major -> (L / S, S, ...), padded with zeros (dt = 0 steps change nothing)."""
-    num_segments = -(-t.shape[0] // segment_size)
-    pad = num_segments * segment_size - t.shape[0]
-    t = jnp.pad(t, ((0, pad),) + ((0, 0),) * (t.ndim - 1))
-    return t.reshape(num_segments, segment_size, *t.shape[1:])
+def _segments(t, segment_size, axis=0):
+    """Splits the time axis L of ``t`` into (L / S, S), zero-padded at the end.
+
+    Padding steps have dt = 0: decay 1 and no input, so they leave the state
+    untouched; callers drop their outputs.
+    """
+    num_segments = -(-t.shape[axis] // segment_size)
+    pad = [(0, 0)] * t.ndim
+    pad[axis] = (0, num_segments * segment_size - t.shape[axis])
+    t = jnp.pad(t, pad)
+    return t.reshape(*t.shape[:axis], num_segments, segment_size, *t.shape[axis + 1 :])
 
 
 def _sequential_inputs(u, dt, B, C, segment_size):
@@ -257,14 +262,9 @@ _sequential_scan_one_direction.defvjp(_sequential_forward, _sequential_backward)
 def _chunked_scan(u, dt, A, B, C, chunk_size):
     batch, length, k, e = u.shape
     chunk_size = min(chunk_size, length)
-    num_chunks = -(-length // chunk_size)
-    pad = num_chunks * chunk_size - length
-    # Padding steps have dt = 0: decay 1 and no input, so they leave the state
-    # untouched and their outputs are dropped below.
-    padded = [jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (u, dt, B, C)]
-    chunked = [jnp.moveaxis(t.reshape(batch, num_chunks, chunk_size, *t.shape[2:]), 1, 0) for t in padded]
+    chunked = [jnp.moveaxis(_segments(t, chunk_size, axis=1), 1, 0) for t in (u, dt, B, C)]
     ys = _scan_chunks(*chunked, A)
-    ys = jnp.moveaxis(ys, 0, 1).reshape(batch, num_chunks * chunk_size, k, e)
+    ys = jnp.moveaxis(ys, 0, 1).reshape(batch, -1, k, e)
     return ys[:, :length]
 
 
