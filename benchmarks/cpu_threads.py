@@ -18,44 +18,19 @@ run one direction after another on one core.
 
 import argparse
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+from scan import best_time, scan_inputs  # benchmarks/scan.py, beside this file
 
 from sasmamba_jax.ops import selective_scan
 
 LENGTH, DIRECTIONS, CHANNELS, STATE = 243 * 17, 4, 128, 16
 
 
-def best_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def scan_arguments(directions, seed):
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape, shift=0.0):
-        return jnp.asarray(rng.standard_normal(shape) + shift, jnp.float32)
-
-    a = -jnp.broadcast_to(jnp.arange(1, STATE + 1, dtype=jnp.float32), (directions, CHANNELS, STATE))
-    return (
-        normal(1, LENGTH, directions, CHANNELS),
-        normal(1, LENGTH, directions, CHANNELS, shift=-2.0),
-        a,
-        normal(1, LENGTH, directions, STATE),
-        normal(1, LENGTH, directions, STATE),
-        jnp.ones((directions, CHANNELS)),
-        jnp.zeros((directions, CHANNELS)),
-    )
+    """selective_scan's positional arguments for B=1 at the published size."""
+    return tuple(scan_inputs(1, LENGTH, directions, CHANNELS, STATE, seed).values())
 
 
 def main():
@@ -69,16 +44,13 @@ def main():
     one_direction = scan_arguments(1, seed=0)
     four_directions = [scan_arguments(DIRECTIONS, seed) for seed in (1, 2)]
 
-    def call(arguments):
-        return lambda: jax.block_until_ready(scan(*arguments))
-
     def two_threads():
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda arguments: call(arguments)(), four_directions))
+            return list(pool.map(lambda arguments: jax.block_until_ready(scan(*arguments)), four_directions))
 
-    single = best_time(call(one_direction), args.repeats)
-    together = best_time(call(four_directions[0]), args.repeats)
-    threaded = best_time(two_threads, args.repeats) / 2
+    single = best_time(scan, *one_direction, repeats=args.repeats)
+    together = best_time(scan, *four_directions[0], repeats=args.repeats)
+    threaded = best_time(two_threads, repeats=args.repeats) / 2
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores")
     print(f"sequential scan, B=1, L={LENGTH}, E={CHANNELS}, N={STATE}; best of {args.repeats}")
     print(f"1 direction, one program              {single:8.4f} s")
