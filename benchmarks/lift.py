@@ -63,13 +63,12 @@ def main():
         model = SasMamba(config.with_options(scan=scan), rngs=nnx.Rngs(0))
         model.eval()
         for batch_size in args.batch_sizes:
+            num_batches = -(-num_windows // batch_size)
             for flip in (False, True):
                 baseline = None
                 for threads in args.threads:
                     options = dict(flip_tta=flip, batch_size=batch_size, threads=threads, stride=stride)
-                    num_batches = -(-num_windows // batch_size)
-                    one_batch = inputs[: config.num_frames]
-                    first = _timed(inference.lift_sequence, model, one_batch, **options)
+                    first = _timed(inference.lift_sequence, model, inputs[: config.num_frames], **options)
                     steady = [
                         _timed(inference.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
                     ]
@@ -82,6 +81,7 @@ def main():
                         f"{args.frames / best:9.1f} {baseline / best:9.2f}",
                         flush=True,
                     )
+
 
 if __name__ == "__main__":
     main()
