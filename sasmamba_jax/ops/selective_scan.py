@@ -37,21 +37,41 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-Backend = Literal["auto", "associative", "chunked", "sequential"]
-BACKENDS = ("auto", "associative", "chunked", "sequential")
-# What "auto" runs on each platform: the back end measured fastest there for
-# the published model (benchmarks/scan.py and benchmarks/model.py; README,
-# "Performance"). TPU is unmeasured and keeps the associative scan.
-AUTO_BACKENDS = {"cpu": "sequential", "gpu": "associative", "tpu": "associative"}
+from sasmamba_jax.ops import pallas_scan
+
+Backend = Literal["auto", "associative", "chunked", "pallas", "sequential"]
+BACKENDS = ("auto", "associative", "chunked", "pallas", "sequential")
+# What "auto" runs, by the platform the computation is compiled for (names as
+# jax.lax.platform_dependent spells them). On CPU the sequential loop measured
+# fastest (benchmarks/scan.py, benchmarks/model.py); on accelerators the
+# fused Pallas kernel, the only back end that neither stores every state nor
+# streams them through HBM (docs/performance.md).
+AUTO_BACKENDS = {"cpu": "sequential", "cuda": "associative", "rocm": "associative", "tpu": "associative"}
+# jax.default_backend() and jax.Device.platform say "gpu" where
+# platform_dependent says "cuda" or "rocm".
+_PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
-def resolve_backend(backend: Backend) -> str:
-    """The concrete back end ``backend`` stands for on the default platform."""
+def resolve_backend(backend: Backend, platform: str | None = None) -> str:
+    """The concrete back end ``backend`` stands for when compiled for ``platform``.
+
+    Args:
+        backend: one of ``BACKENDS``.
+        platform: "cpu", "cuda", "rocm", "tpu" (or "gpu"); default: the
+            process's default backend. ``selective_scan`` itself decides
+            "auto" at lowering time, for whatever platform it is lowered for;
+            this function tells callers (logs, the ahead-of-time tool) what
+            that decision will be.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "auto":
-        return AUTO_BACKENDS.get(jax.default_backend(), "associative")
-    return backend
+    if backend != "auto":
+        return backend
+    platform = platform or jax.default_backend()
+    platform = _PLATFORM_ALIASES.get(platform, platform)
+    if platform not in AUTO_BACKENDS:
+        raise ValueError(f"no scan back end known for platform {platform!r}; expected one of {tuple(AUTO_BACKENDS)}")
+    return AUTO_BACKENDS[platform]
 
 
 def selective_scan(
@@ -63,7 +83,7 @@ def selective_scan(
     D: jax.Array,
     delta_bias: jax.Array,
     *,
-    backend: Backend = "associative",
+    backend: Backend = "auto",
     chunk_size: int = 64,
 ) -> jax.Array:
     """Runs the selective scan over axis 1 of its inputs.
@@ -76,8 +96,10 @@ def selective_scan(
         C: (B, L, K, N) output projections.
         D: (K, E) skip connection.
         delta_bias: (K, E) step-size bias.
-        backend: "associative", "chunked", "sequential", or "auto" (the
-            fastest measured on the default platform; ``AUTO_BACKENDS``).
+        backend: "associative", "chunked", "pallas", "sequential", or "auto":
+            ``AUTO_BACKENDS`` of the platform the computation is lowered for
+            (``jax.lax.platform_dependent``), so a deviceless TPU compile or a
+            multi-platform ``jax.export`` gets each platform's own back end.
         chunk_size: steps per chunk of the "chunked" back end, and steps
             between the states the "sequential" back end keeps for its
             backward pass.
@@ -85,9 +107,23 @@ def selective_scan(
     Returns:
         (B, L, K, E) outputs in the dtype of ``u``.
     """
-    backend = resolve_backend(backend)
+    resolve_backend(backend)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    if backend != "auto":
+        return _scan_with(backend, chunk_size, *inputs)
+    branches = {
+        platform: functools.partial(_scan_with, concrete, chunk_size)
+        for platform, concrete in AUTO_BACKENDS.items()
+    }
+    return jax.lax.platform_dependent(*inputs, **branches)
+
+
+def _scan_with(backend, chunk_size, u, delta, A, B, C, D, delta_bias):
+    """``selective_scan`` with a concrete back end."""
+    if backend == "pallas":
+        return pallas_scan.selective_scan(u, delta, A, B, C, D, delta_bias)
     u32, B32, C32, A32, D32 = (t.astype(jnp.float32) for t in (u, B, C, A, D))
     dt = jax.nn.softplus(delta.astype(jnp.float32) + delta_bias.astype(jnp.float32))
     if backend == "sequential":
