@@ -5,10 +5,12 @@ joints, C input channels, N windows.
 """
 
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +160,94 @@ def _check_sequence_input(inputs, config) -> np.ndarray:
     return inputs
 
 
+def _batches_of_windows(windows: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Groups consecutive windows of equal length into (n <= batch_size, W) index batches."""
+    batches = []
+    for _, group in itertools.groupby(windows, key=len):
+        group = list(group)
+        batches.extend(np.stack(group[i : i + batch_size]) for i in range(0, len(group), batch_size))
+    return batches
+
+
+def lift_sequences(
+    model: SasMamba,
+    sequences,
+    *,
+    flip_tta: bool = True,
+    flip_permutation: tuple[int, ...] = skeleton.FLIP_PERMUTATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int = DEFAULT_THREADS,
+    stride: int | None = None,
+    short_sequence_mode: str = "resample",
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """Lifts several model-ready sequences of any lengths through the same jitted windows.
+
+    Every sequence is cut into windows as `lift_sequence` cuts one; the
+    windows of all sequences go through the jitted forward together, in
+    batches of `batch_size` (a batch may hold windows of different
+    sequences), so several people cost no more compilations than one.
+
+    Args:
+        model: a SasMamba.
+        sequences: a list of (T_i, 17, in_chans) normalised keypoints, each
+            T_i >= 1, nothing missing.
+        flip_tta, flip_permutation, batch_size, threads, stride,
+        short_sequence_mode, progress: see `lift_sequence`.
+
+    Returns:
+        A list of (T_i, 17, 3) float32 poses, one per sequence.
+
+    Raises:
+        ValueError: no sequences, or any bad sequence or option (see
+            `lift_sequence`).
+    """
+    config = model.config
+    if len(sequences) == 0:
+        raise ValueError("no sequences to lift")
+    sequences = [_check_sequence_input(inputs, config) for inputs in sequences]
+    if short_sequence_mode not in SHORT_SEQUENCE_MODES:
+        raise ValueError(
+            f"unknown short_sequence_mode {short_sequence_mode!r}; expected one of {SHORT_SEQUENCE_MODES}"
+        )
+    batch_size = _check_positive_int("batch_size", batch_size)
+    threads = _check_positive_int("threads", threads)
+    stride = max(config.num_frames // 2, 1) if stride is None else _check_positive_int("stride", stride)
+    if stride > config.num_frames:
+        raise ValueError(f"stride {stride} is larger than the model's {config.num_frames} frames")
+
+    # All sequences end to end; a window's indices stay inside its own sequence.
+    inputs = np.concatenate(sequences)
+    starts = np.cumsum([0] + [len(s) for s in sequences])
+    windows = [
+        window + start
+        for start, sequence in zip(starts, sequences)
+        for window in window_indices(len(sequence), config.num_frames, stride, short_sequence_mode)
+    ]
+    batches = _batches_of_windows(windows, batch_size)
+    permutation = tuple(int(j) for j in flip_permutation) if flip_tta else None
+    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        padded = np.zeros((batch_size,) + batch.shape[1:] + inputs.shape[1:], np.float32)
+        padded[: len(batch)] = inputs[batch]
+        return np.asarray(_jitted_eval_forward(graphdef, state, padded, permutation))[: len(batch)]
+
+    total = np.zeros((len(inputs), config.num_joints, 3), np.float64)
+    bar = tqdm.tqdm(total=len(batches), disable=not progress or len(batches) < 2, unit="batch")
+    with bar, concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        # The first call compiles alone, so that two threads never compile the same program.
+        first_result = forward(batches[0])
+        # Summed in window order whatever the threads do: the result is reproducible.
+        outputs = itertools.chain([first_result], pool.map(forward, batches[1:]))
+        for batch, output in zip(batches, outputs):
+            np.add.at(total, batch.reshape(-1), output.reshape(-1, config.num_joints, 3))
+            bar.update()
+    counts = np.bincount(np.concatenate(windows), minlength=len(inputs))
+    poses = (total / counts[:, None, None]).astype(np.float32)
+    return [poses[start:stop] for start, stop in zip(starts[:-1], starts[1:])]
+
+
 def lift_sequence(
     model: SasMamba,
     inputs,
@@ -213,40 +303,17 @@ def lift_sequence(
         ValueError: wrong shape, channels that do not match the model, no
             frames, non-finite values or bad options.
     """
-    config = model.config
-    inputs = _check_sequence_input(inputs, config)
-    if short_sequence_mode not in SHORT_SEQUENCE_MODES:
-        raise ValueError(
-            f"unknown short_sequence_mode {short_sequence_mode!r}; expected one of {SHORT_SEQUENCE_MODES}"
-        )
-    batch_size = _check_positive_int("batch_size", batch_size)
-    threads = _check_positive_int("threads", threads)
-    stride = max(config.num_frames // 2, 1) if stride is None else _check_positive_int("stride", stride)
-    if stride > config.num_frames:
-        raise ValueError(f"stride {stride} is larger than the model's {config.num_frames} frames")
-
-    indices = window_indices(len(inputs), config.num_frames, stride, short_sequence_mode)
-    permutation = tuple(int(j) for j in flip_permutation) if flip_tta else None
-    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
-
-    def forward(first: int) -> tuple[np.ndarray, np.ndarray]:
-        batch = indices[first : first + batch_size]
-        windows = np.zeros((batch_size,) + batch.shape[1:] + inputs.shape[1:], np.float32)
-        windows[: len(batch)] = inputs[batch]
-        return batch, np.asarray(_jitted_eval_forward(graphdef, state, windows, permutation))[: len(batch)]
-
-    firsts = range(0, len(indices), batch_size)
-    total = np.zeros((len(inputs), config.num_joints, 3), np.float64)
-    bar = tqdm.tqdm(total=len(firsts), disable=not progress or len(firsts) < 2, unit="batch")
-    with bar, concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        # The first call compiles alone, so that two threads never compile the same program.
-        first_result = forward(firsts[0])
-        # Summed in window order whatever the threads do: the result is reproducible.
-        for batch, outputs in itertools.chain([first_result], pool.map(forward, firsts[1:])):
-            np.add.at(total, batch.reshape(-1), outputs.reshape(-1, config.num_joints, 3))
-            bar.update()
-    counts = np.bincount(indices.reshape(-1), minlength=len(inputs))
-    return (total / counts[:, None, None]).astype(np.float32)
+    return lift_sequences(
+        model,
+        [inputs],
+        flip_tta=flip_tta,
+        flip_permutation=flip_permutation,
+        batch_size=batch_size,
+        threads=threads,
+        stride=stride,
+        short_sequence_mode=short_sequence_mode,
+        progress=progress,
+    )[0]
 
 
 def lift(
@@ -306,6 +373,125 @@ def lift(
         stride=stride,
         short_sequence_mode=short_sequence_mode,
         progress=progress,
+    )
+
+
+# Tracks seen in fewer frames are detector noise more often than people.
+MIN_TRACK_FRAMES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class LiftedPeople:
+    """Several people lifted from one video; NaN wherever a person is absent.
+
+    Attributes:
+        poses_3d: (P, T, 17, 3) float32 root-relative poses (see `lift`).
+        keypoints_2d: (P, T, 17, 2) float32 Human3.6M-order input, missing
+            points filled, in the input's units.
+        confidences: (P, T, 17) float32, or None when the input had none.
+        filled: (P, T, 17) bool, True where a point was missing and filled
+            (every point of a frame the person is absent from).
+        present: (P, T) bool, True where the person was detected.
+        person_ids: the P ids lifted.
+        skipped_ids: ids of tracks too short to lift.
+    """
+
+    poses_3d: np.ndarray
+    keypoints_2d: np.ndarray
+    confidences: np.ndarray | None
+    filled: np.ndarray
+    present: np.ndarray
+    person_ids: tuple[int, ...]
+    skipped_ids: tuple[int, ...]
+
+
+def lift_people(
+    model: SasMamba,
+    keypoints_2d,
+    person_ids,
+    *,
+    keypoint_format: str = "h36m",
+    image_size=None,
+    min_track_frames: int = MIN_TRACK_FRAMES,
+    **lift_options,
+) -> LiftedPeople:
+    """Lifts every person of a video, each through the same jitted windows.
+
+    A person's track runs from the first to the last frame they are detected
+    in; frames in between where they are absent are filled by interpolation
+    over time, like any missing point, so the model sees one continuous
+    sequence, and are NaN in the output. Tracks detected in fewer than
+    `min_track_frames` frames are skipped with a warning naming them.
+
+    Args:
+        model: a SasMamba.
+        keypoints_2d: (P, T, K, 2|3) keypoints in the order of
+            `keypoint_format`, NaN in every frame a person is absent from.
+        person_ids: the P ids, used in messages and the result.
+        keypoint_format: a key of `keypoints.LAYOUTS`.
+        image_size: (W, H) in pixels, or None for normalised keypoints.
+        min_track_frames: the fewest detected frames a track needs.
+        **lift_options: flip_tta, batch_size, threads, stride,
+            short_sequence_mode, progress (see `lift_sequence`).
+
+    Returns:
+        A `LiftedPeople` holding the people lifted, in the order given.
+
+    Raises:
+        ValueError: a wrong shape, ids that do not match, every track too
+            short, or bad keypoints or options (see `lift`).
+    """
+    keypoints_2d = np.asarray(keypoints_2d, np.float64)
+    person_ids = tuple(int(i) for i in person_ids)
+    if keypoints_2d.ndim != 4 or len(person_ids) != len(keypoints_2d):
+        raise ValueError(
+            f"keypoints_2d must have shape (P, T, K, 2|3) with P = {len(person_ids)} person ids, "
+            f"got {keypoints_2d.shape}"
+        )
+    _check_positive_int("min_track_frames", min_track_frames)
+    present = ~np.isnan(keypoints_2d).all(axis=(-2, -1))
+    counts = present.sum(axis=1)
+    skipped = tuple(i for i, n in zip(person_ids, counts) if n < min_track_frames)
+    if skipped:
+        listed = ", ".join(f"{i} ({n} frames)" for i, n in zip(person_ids, counts) if n < min_track_frames)
+        warnings.warn(
+            f"skipped track(s) seen in fewer than {min_track_frames} frames: person {listed}",
+            UserWarning,
+            stacklevel=2,
+        )
+    kept = [p for p, n in enumerate(counts) if n >= min_track_frames]
+    if not kept:
+        raise ValueError(f"no track is seen in {min_track_frames} frames or more; nothing to lift")
+    spans, prepared = [], []
+    for p in kept:
+        frames = np.flatnonzero(present[p])
+        span = slice(frames[0], frames[-1] + 1)
+        spans.append(span)
+        prepared.append(
+            prepare_keypoints(keypoints_2d[p, span], keypoint_format=keypoint_format, image_size=image_size)
+        )
+    poses = lift_sequences(
+        model, [person.model_input(model.config.in_chans) for person in prepared], **lift_options
+    )
+
+    def gather(parts, fill, dtype):
+        """(P, T, ...) array of each person's span values, `fill` outside its span."""
+        out = np.full((len(kept), keypoints_2d.shape[1]) + parts[0].shape[1:], fill, dtype)
+        for row, (span, part) in enumerate(zip(spans, parts)):
+            out[row, span] = part
+        return out
+
+    present = present[kept]
+    absent = ~present[..., None, None]
+    with_confidences = prepared[0].confidences is not None
+    return LiftedPeople(
+        poses_3d=np.where(absent, np.nan, gather(poses, np.nan, np.float32)),
+        keypoints_2d=np.where(absent, np.nan, gather([q.xy for q in prepared], np.nan, np.float32)),
+        confidences=gather([q.confidences for q in prepared], 0.0, np.float32) if with_confidences else None,
+        filled=gather([q.filled for q in prepared], True, bool),
+        present=present,
+        person_ids=tuple(person_ids[p] for p in kept),
+        skipped_ids=skipped,
     )
 
 

@@ -6,9 +6,11 @@ A user's keypoints go through four steps, all in numpy, in this order
 1. Check shapes and split off confidences: (T, 17, 2) x, y, or (T, 17, 3)
    x, y, confidence, or x, y plus a separate (T, 17) confidence array.
 2. Reorder to the Human3.6M-17 joints of `skeleton.JOINT_NAMES`, either
-   unchanged (``"h36m"``) or derived from the 17 COCO keypoints (``"coco"``,
-   what RTMPose, MMPose, ViTPose and OpenPose's COCO model emit) by
-   `coco_to_h36m`.
+   unchanged (``"h36m"``) or derived from a detector's layout by `to_h36m`
+   with the one table `LAYOUTS`: COCO-17 (``"coco"``, what RTMPose, MMPose
+   and ViTPose emit), Halpe-26 (``"halpe26"``, AlphaPose), OpenPose's BODY_25
+   (``"body25"``) and COCO-18 (``"coco18"``), COCO-WholeBody-133
+   (``"wholebody133"``, its body part).
 3. Fill missing keypoints (NaN coordinates, or confidence 0 or NaN) by
    linear interpolation over time, joint by joint (`fill_missing`).
 4. Normalise pixels by the image size, as the release does for Human3.6M
@@ -27,8 +29,6 @@ import numpy as np
 
 from sasmamba_jax import skeleton
 from sasmamba_jax.data.h36m import normalize_screen_coordinates
-
-FORMATS = ("h36m", "coco")
 
 COCO_JOINT_NAMES = (
     "nose",
@@ -50,35 +50,164 @@ COCO_JOINT_NAMES = (
     "right_ankle",
 )
 
-# Each Human3.6M joint is the mean of these COCO keypoints, its confidence the
-# minimum of theirs:
-#   pelvis = (left_hip + right_hip) / 2
-#   spine  = (pelvis + thorax) / 2 = (left_hip + right_hip + left_shoulder + right_shoulder) / 4
-#   thorax = (left_shoulder + right_shoulder) / 2
-#   neck   = nose (Human3.6M's joint 9 is the neck/nose point)
-#   head   = (left_eye + right_eye) / 2
-#   limbs  = the COCO keypoint of the same name and side.
-# This is the conversion MotionBERT-family models (the release among them) are
-# used with; Human3.6M's head joint sits a little above the eyes.
-COCO_TO_H36M_SOURCES = (
-    (11, 12),  # pelvis
-    (12,),  # right_hip
-    (14,),  # right_knee
-    (16,),  # right_ankle
-    (11,),  # left_hip
-    (13,),  # left_knee
-    (15,),  # left_ankle
-    (5, 6, 11, 12),  # spine
-    (5, 6),  # thorax
-    (0,),  # neck
-    (1, 2),  # head
-    (5,),  # left_shoulder
-    (7,),  # left_elbow
-    (9,),  # left_wrist
-    (6,),  # right_shoulder
-    (8,),  # right_elbow
-    (10,),  # right_wrist
+# Halpe-26, AlphaPose's body layout: COCO-17, then head top, neck, mid-hip and
+# the feet (github.com/Fang-Haoshu/Halpe-FullBody README, "26 body keypoints").
+HALPE26_JOINT_NAMES = COCO_JOINT_NAMES + (
+    "head",
+    "neck",
+    "hip",
+    "left_big_toe",
+    "right_big_toe",
+    "left_small_toe",
+    "right_small_toe",
+    "left_heel",
+    "right_heel",
 )
+
+# OpenPose's BODY_25 (CMU-Perceptual-Computing-Lab/openpose doc/02_output.md,
+# "Pose Output Format (BODY_25)"; include/openpose/pose/poseParameters.hpp).
+BODY25_JOINT_NAMES = (
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "mid_hip",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+    "left_big_toe",
+    "left_small_toe",
+    "left_heel",
+    "right_big_toe",
+    "right_small_toe",
+    "right_heel",
+)
+
+# OpenPose's COCO-18 model: BODY_25 without mid-hip and feet
+# (same document, "Pose Output Format (COCO)").
+COCO18_JOINT_NAMES = BODY25_JOINT_NAMES[:8] + BODY25_JOINT_NAMES[9:19]
+
+# COCO-WholeBody-133: the 17 COCO body keypoints first, then 6 feet, 68 face
+# and 2 x 21 hand points (github.com/jin-s13/COCO-WholeBody, data format);
+# only the body part is read.
+WHOLEBODY133_JOINT_NAMES = COCO_JOINT_NAMES + tuple(f"wholebody_{k}" for k in range(17, 133))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeypointLayout:
+    """A detector's keypoint order and how each Human3.6M joint is made from it.
+
+    Attributes:
+        name: the layout's name, a key of `LAYOUTS`.
+        title: how people write it (``"COCO"``, ``"Halpe-26"``), for messages.
+        joint_names: the K keypoint names in the detector's order.
+        h36m_sources: for each of the 17 joints of `skeleton.JOINT_NAMES`, the
+            keypoint indices whose mean is that joint (an index may repeat to
+            weight it).
+    """
+
+    name: str
+    title: str
+    joint_names: tuple[str, ...]
+    h36m_sources: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.joint_names)
+
+
+def _layout(
+    name: str, title: str, joint_names: tuple[str, ...], **formulas: Sequence[str]
+) -> KeypointLayout:
+    """A layout whose Human3.6M joints are the keypoints of the same name unless `formulas` says otherwise."""
+    sources = []
+    for joint in skeleton.JOINT_NAMES:
+        source_names = formulas.get(joint, (joint,))
+        sources.append(tuple(joint_names.index(source) for source in source_names))
+    return KeypointLayout(name, title, joint_names, tuple(sources))
+
+
+# The one table from every supported layout to Human3.6M-17. Human3.6M's
+# joint 9 ("neck") is the neck/nose point and its head joint sits a little
+# above the eyes; MotionBERT-family models (the release among them) are used
+# with these conversions. Where a layout has a keypoint for a joint (Halpe's
+# head, neck and hip; BODY_25's neck and mid-hip; COCO-18's neck) it is used
+# rather than estimated; otherwise
+#   pelvis = mid-hip, thorax = mid-shoulder, spine = (pelvis + thorax) / 2,
+#   head = mid-eye, neck = nose.
+# A derived joint's confidence is the minimum of its sources'.
+_HIPS = ("left_hip", "right_hip")
+_SHOULDERS = ("left_shoulder", "right_shoulder")
+_EYES = ("left_eye", "right_eye")
+LAYOUTS = {
+    layout.name: layout
+    for layout in (
+        _layout("h36m", "Human3.6M", skeleton.JOINT_NAMES),
+        _layout(
+            "coco",
+            "COCO",
+            COCO_JOINT_NAMES,
+            pelvis=_HIPS,
+            spine=_HIPS + _SHOULDERS,
+            thorax=_SHOULDERS,
+            neck=("nose",),
+            head=_EYES,
+        ),
+        _layout(
+            "halpe26",
+            "Halpe-26",
+            HALPE26_JOINT_NAMES,
+            pelvis=("hip",),
+            spine=("hip", "neck"),
+            thorax=("neck",),
+            neck=("nose",),
+            head=("head",),
+        ),
+        _layout(
+            "body25",
+            "BODY_25",
+            BODY25_JOINT_NAMES,
+            pelvis=("mid_hip",),
+            spine=("mid_hip", "neck"),
+            thorax=("neck",),
+            neck=("nose",),
+            head=_EYES,
+        ),
+        _layout(
+            "coco18",
+            "COCO-18",
+            COCO18_JOINT_NAMES,
+            pelvis=_HIPS,
+            spine=_HIPS + ("neck", "neck"),
+            thorax=("neck",),
+            neck=("nose",),
+            head=_EYES,
+        ),
+        _layout(
+            "wholebody133",
+            "COCO-WholeBody-133",
+            WHOLEBODY133_JOINT_NAMES,
+            pelvis=_HIPS,
+            spine=_HIPS + _SHOULDERS,
+            thorax=_SHOULDERS,
+            neck=("nose",),
+            head=_EYES,
+        ),
+    )
+}
+FORMATS = tuple(LAYOUTS)
+COCO_TO_H36M_SOURCES = LAYOUTS["coco"].h36m_sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,32 +250,44 @@ class PreparedKeypoints:
         raise ValueError(f"models with {in_chans} input channels are not supported (expected 2 or 3)")
 
 
-def split_confidences(keypoints, confidences=None) -> tuple[np.ndarray, np.ndarray | None]:
+def _layout_hint(num_keypoints: int) -> str:
+    """Names the layouts that have `num_keypoints` points, for error messages."""
+    names = [f"{lay.title} ({name})" for name, lay in LAYOUTS.items() if lay.num_keypoints == num_keypoints]
+    return f"; {num_keypoints} is the keypoint count of {' or '.join(names)}" if names else ""
+
+
+def split_confidences(
+    keypoints, confidences=None, *, keypoint_format: str = "h36m"
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Checks a keypoint sequence and separates x, y from the confidences.
 
     Args:
-        keypoints: (T, 17, 2) x, y or (T, 17, 3) x, y, confidence; NaN marks
-            a missing point.
-        confidences: optional (T, 17) (or (T, 17, 1)) confidences; only with
+        keypoints: (T, K, 2) x, y or (T, K, 3) x, y, confidence, K the
+            keypoint count of `keypoint_format` (17 for the default h36m);
+            NaN marks a missing point.
+        confidences: optional (T, K) (or (T, K, 1)) confidences; only with
             2-channel keypoints.
+        keypoint_format: a key of `LAYOUTS`.
 
     Returns:
-        xy: (T, 17, 2) float64.
-        confidences: (T, 17) float64, or None.
+        xy: (T, K, 2) float64.
+        confidences: (T, K) float64, or None.
 
     Raises:
         ValueError: wrong number of dimensions, joints or channels, no frames,
             infinite coordinates, confidences given twice or of the wrong shape.
     """
+    expected = get_layout(keypoint_format).num_keypoints
     keypoints = np.asarray(keypoints, np.float64)
     if keypoints.ndim != 3:
         hint = " (a single frame needs a leading frame axis: keypoints[None])" if keypoints.ndim == 2 else ""
-        raise ValueError(
-            f"keypoints must have shape (T, {skeleton.NUM_JOINTS}, 2|3), got {keypoints.shape}{hint}"
-        )
+        raise ValueError(f"keypoints must have shape (T, {expected}, 2|3), got {keypoints.shape}{hint}")
     frames, joints, channels = keypoints.shape
-    if joints != skeleton.NUM_JOINTS:
-        raise ValueError(f"wrong joint count: expected {skeleton.NUM_JOINTS} joints per frame, got {joints}")
+    if joints != expected:
+        raise ValueError(
+            f"wrong joint count: {keypoint_format} expects {expected} joints per frame, "
+            f"got {joints}{_layout_hint(joints)}"
+        )
     if channels not in (2, 3):
         raise ValueError(
             f"wrong channel count: expected 2 (x, y) or 3 (x, y, confidence) channels, got {channels}"
@@ -178,29 +319,54 @@ def missing_mask(xy: np.ndarray, confidences: np.ndarray | None) -> np.ndarray:
     return missing
 
 
-def coco_to_h36m(xy: np.ndarray, confidences: np.ndarray | None = None):
-    """Converts COCO-17 keypoints to Human3.6M-17 (formulas at `COCO_TO_H36M_SOURCES`).
+def get_layout(keypoint_format: str) -> KeypointLayout:
+    """The `LAYOUTS` entry of `keypoint_format`.
 
-    Missing COCO points (see `missing_mask`) make every joint derived from
+    Raises:
+        ValueError: an unknown format.
+    """
+    if keypoint_format not in LAYOUTS:
+        raise ValueError(f"unknown keypoint format {keypoint_format!r}; expected one of {FORMATS}")
+    return LAYOUTS[keypoint_format]
+
+
+def to_h36m(xy: np.ndarray, confidences: np.ndarray | None, keypoint_format: str):
+    """Converts a detector's keypoints to Human3.6M-17 with the `LAYOUTS` table.
+
+    Missing source points (see `missing_mask`) make every joint derived from
     them missing (NaN).
 
     Args:
-        xy: (T, 17, 2) COCO keypoints.
-        confidences: optional (T, 17) COCO confidences.
+        xy: (..., K, 2) keypoints in the order of `keypoint_format`.
+        confidences: optional (..., K) confidences.
+        keypoint_format: a key of `LAYOUTS`.
 
     Returns:
-        xy: (T, 17, 2) Human3.6M keypoints, NaN where a source was missing.
-        confidences: (T, 17) minimum confidence of each joint's sources (NaN
+        xy: (..., 17, 2) Human3.6M keypoints, NaN where a source was missing.
+        confidences: (..., 17) minimum confidence of each joint's sources (NaN
             where one was NaN), or None.
+
+    Raises:
+        ValueError: an unknown format, or K not the format's keypoint count.
     """
+    layout = get_layout(keypoint_format)
+    if xy.shape[-2] != layout.num_keypoints:
+        raise ValueError(
+            f"{keypoint_format} keypoints come {layout.num_keypoints} per frame, got {xy.shape[-2]}"
+        )
     xy = np.where(missing_mask(xy, confidences)[..., None], np.nan, xy)
-    h36m_xy = np.stack([xy[:, sources].mean(axis=1) for sources in COCO_TO_H36M_SOURCES], axis=1)
+    h36m_xy = np.stack([xy[..., sources, :].mean(axis=-2) for sources in layout.h36m_sources], axis=-2)
     if confidences is None:
         return h36m_xy, None
     h36m_confidences = np.stack(
-        [confidences[:, sources].min(axis=1) for sources in COCO_TO_H36M_SOURCES], axis=1
+        [confidences[..., sources].min(axis=-1) for sources in layout.h36m_sources], axis=-1
     )
     return h36m_xy, h36m_confidences
+
+
+def coco_to_h36m(xy: np.ndarray, confidences: np.ndarray | None = None):
+    """`to_h36m` for COCO-17 keypoints: (T, 17, 2) [and (T, 17)] -> Human3.6M-17."""
+    return to_h36m(xy, confidences, "coco")
 
 
 def fill_missing(
@@ -281,13 +447,13 @@ def normalize_by_image_size(xy: np.ndarray, image_size) -> np.ndarray:
 
 
 def _joint_names(keypoint_format: str) -> tuple[str, ...]:
-    """Human3.6M joint names, with their COCO sources where those are named otherwise."""
-    if keypoint_format == "h36m":
-        return skeleton.JOINT_NAMES
+    """Human3.6M joint names, with their sources where those are named otherwise."""
+    layout = get_layout(keypoint_format)
     names = []
-    for name, sources in zip(skeleton.JOINT_NAMES, COCO_TO_H36M_SOURCES):
-        source_names = [COCO_JOINT_NAMES[s] for s in sources]
-        names.append(name if source_names == [name] else f"{name} (from COCO {', '.join(source_names)})")
+    for name, sources in zip(skeleton.JOINT_NAMES, layout.h36m_sources):
+        source_names = list(dict.fromkeys(layout.joint_names[s] for s in sources))
+        sourced = f"{name} (from {layout.title} {', '.join(source_names)})"
+        names.append(name if source_names == [name] else sourced)
     return tuple(names)
 
 
@@ -301,13 +467,15 @@ def prepare_keypoints(
     """Checks, converts, fills and normalises a keypoint sequence.
 
     Args:
-        keypoints: (T, 17, 2) x, y or (T, 17, 3) x, y, confidence, in pixels
+        keypoints: (T, K, 2) x, y or (T, K, 3) x, y, confidence, in pixels
             if `image_size` is given, else already normalised; in the order of
-            `keypoint_format`. NaN, or confidence 0, marks a missing point.
-        keypoint_format: ``"h36m"`` (`skeleton.JOINT_NAMES`) or ``"coco"``
-            (`COCO_JOINT_NAMES`).
+            `keypoint_format` (K its keypoint count). NaN, or confidence 0,
+            marks a missing point.
+        keypoint_format: a key of `LAYOUTS`: ``"h36m"``
+            (`skeleton.JOINT_NAMES`), ``"coco"`` (`COCO_JOINT_NAMES`),
+            ``"halpe26"``, ``"body25"``, ``"coco18"`` or ``"wholebody133"``.
         image_size: (W, H) in pixels, or None.
-        confidences: optional (T, 17) confidences for 2-channel keypoints.
+        confidences: optional (T, K) confidences for 2-channel keypoints.
 
     Returns:
         A `PreparedKeypoints`.
@@ -316,13 +484,12 @@ def prepare_keypoints(
         ValueError: any bad input (see `split_confidences`), an unknown
             format, a bad image size, or a joint missing in every frame.
     """
-    if keypoint_format not in FORMATS:
-        raise ValueError(f"unknown keypoint format {keypoint_format!r}; expected one of {FORMATS}")
+    get_layout(keypoint_format)
     if image_size is not None:
         image_size = check_image_size(image_size)
-    xy, confidences = split_confidences(keypoints, confidences)
-    if keypoint_format == "coco":
-        xy, confidences = coco_to_h36m(xy, confidences)
+    xy, confidences = split_confidences(keypoints, confidences, keypoint_format=keypoint_format)
+    if keypoint_format != "h36m":
+        xy, confidences = to_h36m(xy, confidences, keypoint_format)
     missing = missing_mask(xy, confidences)
     xy = fill_missing(xy, missing, joint_names=_joint_names(keypoint_format)).astype(np.float32)
     if confidences is not None:

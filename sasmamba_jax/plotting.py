@@ -15,6 +15,11 @@ Coordinate conventions (dimension letters: T frames, J = 17 joints):
   drawn as (x, z, -y), a right-handed frame whose vertical axis points up, so
   a standing person is upright and the default view looks from the camera's
   side.
+* Several people: ``keypoints_2d`` (P, T, J, 2|3) and ``poses_3d``
+  (P, T, J, 3), NaN in every frame a person is absent from, with
+  ``person_ids``. Each person gets a colour; in 3D each root-relative pose
+  stands at its 2D root's place in the image (same units: the poses are
+  scaled like x), so people appear side by side as in the video.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ _GROUND_TRUTH_COLOUR = "tab:green"
 _GROUND_TRUTH_ALPHA = 0.55
 _SIDE_LABELS = {"left": "left side", "right": "right side", "centre": "spine and head"}
 _SIDE_COLOURS = {"left": _LEFT_COLOUR, "right": _RIGHT_COLOUR, "centre": _CENTRE_COLOUR}
+_PERSON_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:cyan")
 
 # Fraction of the data extent left free around the skeleton.
 _MARGIN = 0.1
@@ -105,6 +111,26 @@ def _check_sequences(keypoints_2d, poses_3d, ground_truth_3d):
     return keypoints_2d, poses_3d, ground_truth_3d
 
 
+def _check_people(keypoints_2d, poses_3d, person_ids):
+    """Validates several people's (P, T, J, C) sequences, NaN only in whole absent frames."""
+    keypoints_2d = np.asarray(keypoints_2d, dtype=np.float64)[..., :2]
+    poses_3d = np.asarray(poses_3d, dtype=np.float64)
+    joints = skeleton.NUM_JOINTS
+    if keypoints_2d.ndim != 4 or keypoints_2d.shape[2] != joints:
+        raise ValueError(
+            f"keypoints_2d of several people must have shape (P, T, {joints}, 2|3), got {keypoints_2d.shape}"
+        )
+    if poses_3d.shape != keypoints_2d.shape[:3] + (3,):
+        raise ValueError(f"poses_3d must have shape {keypoints_2d.shape[:3] + (3,)}, got {poses_3d.shape}")
+    if person_ids is None or len(person_ids) != len(poses_3d):
+        raise ValueError(f"several people need person_ids, one per person ({len(poses_3d)})")
+    if keypoints_2d.shape[1] == 0:
+        raise ValueError("poses_3d has no frames")
+    for name, array in (("keypoints_2d", keypoints_2d), ("poses_3d", poses_3d)):
+        absent = np.isnan(array).all(axis=(2, 3))
+        if not np.isfinite(array[~absent]).all():
+            raise ValueError(f"{name} contains NaN or infinite values outside whole absent frames")
+    return keypoints_2d, poses_3d, [int(i) for i in person_ids]
 def _check_frame(frame, num_frames: int) -> int:
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
         raise ValueError(f"frame must be an integer, got {frame!r}")
@@ -128,7 +154,7 @@ def _equal_limits(points: np.ndarray) -> list[tuple[float, float]]:
     Returns:
       D (low, high) pairs of the same length, so a square or cube box keeps aspect.
     """
-    low, high = points.min(axis=0), points.max(axis=0)
+    low, high = np.nanmin(points, axis=0), np.nanmax(points, axis=0)
     half_size = 0.5 * float(np.max(high - low)) * (1.0 + 2.0 * _MARGIN)
     # A sequence of coincident points (e.g. all zeros) still needs a visible box.
     half_size = half_size if half_size > 0 else 1.0
@@ -139,27 +165,49 @@ def _image_limits(keypoints_2d: np.ndarray, image_size):
     """(x_limits, y_limits) of the 2D panel, y limits reversed because image y points down.
 
     Args:
-      keypoints_2d: (T, J, 2) keypoints.
+      keypoints_2d: (..., J, 2) keypoints, NaN where absent.
       image_size: (W, H) in pixels, or None for normalised coordinates.
     """
+    points = keypoints_2d.reshape(-1, 2)
     if image_size is None:
-        x_limits, y_limits = _equal_limits(keypoints_2d.reshape(-1, 2))
+        x_limits, y_limits = _equal_limits(points)
     else:
         # Show the whole image, widened if detections fall outside it.
-        low = np.minimum(keypoints_2d.min(axis=(0, 1)), 0.0)
-        high = np.maximum(keypoints_2d.max(axis=(0, 1)), image_size)
+        low = np.minimum(np.nanmin(points, axis=0), 0.0)
+        high = np.maximum(np.nanmax(points, axis=0), image_size)
         x_limits, y_limits = (low[0], high[0]), (low[1], high[1])
     return x_limits, (y_limits[1], y_limits[0])
 
 
-class _PoseFigure:
-    """The two-panel figure of `plot_frame`, whose artists move from frame to frame."""
+def _root_offsets(keypoints_2d: np.ndarray, image_size) -> np.ndarray:
+    """(P, T, 3) camera-frame offsets putting each person's 3D root at its 2D root.
 
-    def __init__(self, keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit):
+    Pixels are measured from the image centre and normalised coordinates are
+    already centred; lifted poses are scaled like x in both.
+    """
+    centre = np.zeros(2) if image_size is None else np.asarray(image_size) / 2
+    root = keypoints_2d[:, :, skeleton.ROOT] - centre
+    return np.concatenate([root, np.zeros(root.shape[:-1] + (1,))], axis=-1)
+
+
+class _PoseFigure:
+    """The two-panel figure of `plot_frame`, whose artists move from frame to frame.
+
+    Holds P >= 1 people: a single sequence is P = 1 drawn with side colours;
+    several people (`person_ids` given) each get a colour and stand at their
+    place in the image.
+    """
+
+    def __init__(self, keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids):
+        self.person_ids = person_ids
+        if person_ids is None:
+            keypoints_2d, poses_3d = keypoints_2d[None], poses_3d[None]
+        else:
+            poses_3d = poses_3d + _root_offsets(keypoints_2d, image_size)[:, :, None]
         self.keypoints_2d = keypoints_2d
         self.poses_display = _camera_to_display(poses_3d)
         self.ground_truth_display = None if ground_truth_3d is None else _camera_to_display(ground_truth_3d)
-        self.num_frames = len(poses_3d)
+        self.num_frames = poses_3d.shape[1]
         self.title = title
 
         self.figure = Figure(figsize=_FIGURE_SIZE_INCHES, layout="constrained")
@@ -169,17 +217,18 @@ class _PoseFigure:
         self._style_2d_axes(image_size)
         self._style_3d_axes(length_unit)
 
-        self.bones_2d = [self._bone_line_2d(bone) for bone in skeleton.BONES]
-        self.joints_2d = self.axes_2d.plot([], [], "o", color=_CENTRE_COLOUR, markersize=3)[0]
-        self.bones_3d = [self._bone_line_3d(bone, ground_truth=False) for bone in skeleton.BONES]
-        self.joints_3d = self._joint_markers_3d(ground_truth=False)
+        people = range(len(poses_3d))
+        self.bones_2d = [[self._bone_line_2d(bone, p) for bone in skeleton.BONES] for p in people]
+        self.joints_2d = [
+            self.axes_2d.plot([], [], "o", color=self._joint_colour(p), markersize=3)[0] for p in people
+        ]
+        self.bones_3d = [[self._bone_line_3d(bone, p) for bone in skeleton.BONES] for p in people]
+        self.joints_3d = [self._joint_markers_3d(p) for p in people]
         if self.ground_truth_display is None:
             self.ground_truth_bones_3d, self.ground_truth_joints_3d = [], None
         else:
-            self.ground_truth_bones_3d = [
-                self._bone_line_3d(bone, ground_truth=True) for bone in skeleton.BONES
-            ]
-            self.ground_truth_joints_3d = self._joint_markers_3d(ground_truth=True)
+            self.ground_truth_bones_3d = [self._bone_line_3d(bone, None) for bone in skeleton.BONES]
+            self.ground_truth_joints_3d = self._joint_markers_3d(None)
         self._add_legend()
 
     def _style_2d_axes(self, image_size):
@@ -212,33 +261,61 @@ class _PoseFigure:
         axes.set_xlabel(f"x, right ({length_unit})")
         axes.set_ylabel(f"z, depth ({length_unit})")
         axes.set_zlabel(f"\N{MINUS SIGN}y, up ({length_unit})")
-        axes.set_title("3D pose (root-relative)")
+        several = self.person_ids is not None
+        axes.set_title("3D poses, each at its 2D root" if several else "3D pose (root-relative)")
         # Slightly above and to the side of the camera, which looks along +depth.
         axes.view_init(elev=15.0, azim=-70.0)
 
-    def _bone_line_2d(self, bone):
-        return self.axes_2d.plot([], [], color=_SIDE_COLOURS[_bone_side(bone)], linewidth=2.5)[0]
+    def _person_colour(self, person: int) -> str:
+        return _PERSON_COLOURS[person % len(_PERSON_COLOURS)]
 
-    def _bone_line_3d(self, bone, ground_truth: bool):
-        if ground_truth:
+    def _joint_colour(self, person: int) -> str:
+        return _CENTRE_COLOUR if self.person_ids is None else self._person_colour(person)
+
+    def _bone_style(self, bone, person: int) -> dict:
+        """Side colours for one person; for several, the person's colour, right side dashed."""
+        if self.person_ids is None:
+            return dict(color=_SIDE_COLOURS[_bone_side(bone)], linewidth=2.5)
+        linestyle = "--" if _bone_side(bone) == "right" else "-"
+        return dict(color=self._person_colour(person), linewidth=2.5, linestyle=linestyle)
+
+    def _bone_line_2d(self, bone, person: int):
+        return self.axes_2d.plot([], [], **self._bone_style(bone, person))[0]
+
+    def _bone_line_3d(self, bone, person: int | None):
+        """A bone of `person`, or of the ground truth for None."""
+        if person is None:
             style = dict(color=_GROUND_TRUTH_COLOUR, alpha=_GROUND_TRUTH_ALPHA, linewidth=1.5, linestyle="--")
         else:
-            style = dict(color=_SIDE_COLOURS[_bone_side(bone)], linewidth=2.5)
+            style = self._bone_style(bone, person)
         return self.axes_3d.plot([], [], [], **style)[0]
 
-    def _joint_markers_3d(self, ground_truth: bool):
-        colour = _GROUND_TRUTH_COLOUR if ground_truth else _CENTRE_COLOUR
-        alpha = _GROUND_TRUTH_ALPHA if ground_truth else 1.0
+    def _joint_markers_3d(self, person: int | None):
+        """Joint markers of `person`, or of the ground truth for None."""
+        colour = _GROUND_TRUTH_COLOUR if person is None else self._joint_colour(person)
+        alpha = _GROUND_TRUTH_ALPHA if person is None else 1.0
         markers = self.axes_3d.plot([], [], [], "o", color=colour, alpha=alpha, markersize=3)[0]
         # Tests and callers find the joints of each pose by this id.
-        markers.set_gid("ground_truth_joints" if ground_truth else "prediction_joints")
+        if person is None:
+            markers.set_gid("ground_truth_joints")
+        elif self.person_ids is None:
+            markers.set_gid("prediction_joints")
+        else:
+            markers.set_gid(f"prediction_joints_{self.person_ids[person]}")
         return markers
 
     def _add_legend(self):
-        handles = [
-            Line2D([], [], color=_SIDE_COLOURS[side], linewidth=2.5, label=label)
-            for side, label in _SIDE_LABELS.items()
-        ]
+        if self.person_ids is None:
+            handles = [
+                Line2D([], [], color=_SIDE_COLOURS[side], linewidth=2.5, label=label)
+                for side, label in _SIDE_LABELS.items()
+            ]
+        else:
+            handles = [
+                Line2D([], [], color=self._person_colour(p), linewidth=2.5, label=f"person {person_id}")
+                for p, person_id in enumerate(self.person_ids)
+            ]
+            handles.append(Line2D([], [], color=_CENTRE_COLOUR, linestyle="--", label="right side dashed"))
         if self.ground_truth_display is not None:
             handles.append(
                 Line2D(
@@ -254,12 +331,14 @@ class _PoseFigure:
         self.figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
 
     def show_frame(self, frame: int):
-        """Moves every artist to `frame`; the axes limits stay fixed."""
-        keypoints = self.keypoints_2d[frame]
-        for line, (parent, child) in zip(self.bones_2d, skeleton.BONES):
-            line.set_data(keypoints[[parent, child], 0], keypoints[[parent, child], 1])
-        self.joints_2d.set_data(keypoints[:, 0], keypoints[:, 1])
-        _move_pose_3d(self.bones_3d, self.joints_3d, self.poses_display[frame])
+        """Moves every artist to `frame`; the axes limits stay fixed. Absent people are not drawn."""
+        for person, (bones, joints) in enumerate(zip(self.bones_2d, self.joints_2d)):
+            keypoints = self.keypoints_2d[person, frame]
+            for line, (parent, child) in zip(bones, skeleton.BONES):
+                line.set_data(keypoints[[parent, child], 0], keypoints[[parent, child], 1])
+            joints.set_data(keypoints[:, 0], keypoints[:, 1])
+        for person, (bones, joints) in enumerate(zip(self.bones_3d, self.joints_3d)):
+            _move_pose_3d(bones, joints, self.poses_display[person, frame])
         if self.ground_truth_display is not None:
             _move_pose_3d(
                 self.ground_truth_bones_3d, self.ground_truth_joints_3d, self.ground_truth_display[frame]
@@ -276,10 +355,19 @@ def _move_pose_3d(bone_lines, joint_markers, pose):
     joint_markers.set_data_3d(pose[:, 0], pose[:, 1], pose[:, 2])
 
 
-def _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit):
-    keypoints_2d, poses_3d, ground_truth_3d = _check_sequences(keypoints_2d, poses_3d, ground_truth_3d)
+def _build_pose_figure(
+    keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids=None
+):
     image_size = _check_image_size(image_size)
-    return _PoseFigure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+    if np.ndim(poses_3d) == 4:
+        if ground_truth_3d is not None:
+            raise ValueError("ground_truth_3d is drawn for a single person only")
+        keypoints_2d, poses_3d, person_ids = _check_people(keypoints_2d, poses_3d, person_ids)
+    else:
+        if person_ids is not None:
+            raise ValueError("person_ids go with several people's (P, T, J, C) arrays")
+        keypoints_2d, poses_3d, ground_truth_3d = _check_sequences(keypoints_2d, poses_3d, ground_truth_3d)
+    return _PoseFigure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids)
 
 
 def plot_frame(
@@ -291,6 +379,7 @@ def plot_frame(
     image_size=None,
     title: str | None = None,
     length_unit: str = "mm",
+    person_ids=None,
 ) -> Figure:
     """Draws one frame: the 2D input on the left, the lifted 3D pose on the right.
 
@@ -308,6 +397,8 @@ def plot_frame(
       image_size: optional (W, H) in pixels; the 2D panel then shows the image.
       title: optional text put before the frame counter.
       length_unit: unit of the 3D coordinates, used in the axis labels.
+      person_ids: with several people's (P, T, J, C) arrays (NaN where a
+        person is absent), the P ids for the legend.
 
     Returns:
       A matplotlib Figure (not registered with pyplot).
@@ -316,7 +407,9 @@ def plot_frame(
       ValueError: on wrong shapes, mismatched frame counts, non-finite values,
         a bad `image_size` or an out-of-range `frame`.
     """
-    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+    pose_figure = _build_pose_figure(
+        keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids
+    )
     pose_figure.show_frame(_check_frame(frame, pose_figure.num_frames))
     return pose_figure.figure
 
@@ -331,6 +424,7 @@ def save_frame(
     image_size=None,
     title: str | None = None,
     length_unit: str = "mm",
+    person_ids=None,
     dpi: int = 100,
 ) -> str:
     """Writes `plot_frame(...)` to a PNG file and returns the path written.
@@ -338,7 +432,7 @@ def save_frame(
     Args:
       path: output file; PNG is written whatever the suffix.
       keypoints_2d, poses_3d, frame, ground_truth_3d, image_size, title,
-        length_unit: as in `plot_frame`.
+        length_unit, person_ids: as in `plot_frame`.
       dpi: resolution of the PNG.
     """
     figure = plot_frame(
@@ -349,6 +443,7 @@ def save_frame(
         image_size=image_size,
         title=title,
         length_unit=length_unit,
+        person_ids=person_ids,
     )
     figure.savefig(path, format="png", dpi=dpi)
     return os.fspath(path)
@@ -380,6 +475,7 @@ def save_animation(
     max_frames: int | None = None,
     title: str | None = None,
     length_unit: str = "mm",
+    person_ids=None,
     dpi: int = 80,
 ) -> str:
     """Writes the sequence as an animated GIF, or as MP4 when `path` ends in .mp4.
@@ -389,8 +485,9 @@ def save_animation(
 
     Args:
       path: output file ending in .gif (Pillow) or .mp4 (needs ffmpeg).
-      keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit:
-        as in `plot_frame`; the shapes are (T, J, 2|3) and (T, J, 3).
+      keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit,
+        person_ids: as in `plot_frame`; the shapes are (T, J, 2|3) and
+        (T, J, 3), or (P, T, J, 2|3) and (P, T, J, 3) with `person_ids`.
       fps: frames per second of the movie.
       max_frames: if given, only the first `max_frames` frames are written.
       dpi: resolution of each movie frame.
@@ -411,7 +508,9 @@ def save_animation(
     ):
         raise ValueError(f"max_frames must be a positive integer or None, got {max_frames!r}")
     writer = _movie_writer(path, fps)
-    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit)
+    pose_figure = _build_pose_figure(
+        keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids
+    )
     num_frames = (
         pose_figure.num_frames if max_frames is None else min(pose_figure.num_frames, int(max_frames))
     )
