@@ -64,6 +64,8 @@ PAD = dict(length=CHUNK, rows=1, channels=BLOCK_E)
 # 4 warps give every thread 4 of a (16, 32) state tile's elements, so the
 # backward's 17 recomputed states take about 68 registers a thread.
 _COMPILER_PARAMS = pltriton.CompilerParams(num_warps=4, num_stages=1)
+# CUDA's limit on the second and third grid dimensions (channel blocks, chunks).
+_MAX_GRID_YZ = 65535
 
 
 def forward(u, dt, A_rows, B, C, *, interpret: bool):
@@ -343,6 +345,8 @@ def _check_inputs(u, dt, A_rows, B, C):
         raise ValueError(
             f"u's L and E must be multiples of {CHUNK} and {BLOCK_E} (pad them first), got {u.shape}"
         )
+    if length // CHUNK > _MAX_GRID_YZ:
+        raise ValueError(f"u's L = {length} gives more than {_MAX_GRID_YZ} chunks of {CHUNK} steps")
     # Triton tensors have power-of-two sizes; the state tile is (N, BLOCK_E).
     if n is None or n & (n - 1):
         raise ValueError(f"A_rows must be (N, R, E) with N a power of two, got shape {A_rows.shape}")
