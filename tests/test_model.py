@@ -52,7 +52,7 @@ def _release_scan_layout(t):
     return t.transpose(0, 2, 3, 1).reshape(b, -1, length)
 
 
-@pytest.mark.parametrize("scan", ["associative", "chunked", "sequential"])
+@pytest.mark.parametrize("scan", ["associative", "chunked", "pallas", "sequential"])
 def test_output_matches_release(data_dir, reference, scan):
     model = load_model(data_dir / "official_tiny.pth", scan=scan, chunk_size=100)
     out = np.asarray(predict(model, reference["x"]))

@@ -7,6 +7,7 @@ kernels must lower to Mosaic and fit in memory), and ``jax.export`` for CUDA.
 """
 
 import functools
+import json
 import os
 import re
 
@@ -81,8 +82,8 @@ def test_bfloat16_inputs_run_in_float32():
     # the float64 scan of the same bf16 numbers.
     bf16_step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(expected), 1e-30))) - 7)
     assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= bf16_step + 1e-5 * np.abs(expected).max())
-    grads = jax.grad(lambda *a: selective_scan(*a, backend="pallas").astype(jnp.float32).sum(), range(7))(
-        *bf16_args
+    grads = jax.eval_shape(
+        jax.grad(lambda *a: selective_scan(*a, backend="pallas").astype(jnp.float32).sum(), range(7)), *bf16_args
     )
     assert [g.dtype for g in grads] == [jnp.bfloat16] * len(INPUT_NAMES)
 
@@ -158,3 +159,34 @@ def test_ragged_tiles_never_reach_the_state():
     prefix_args = [a[:, :cut] if a.ndim == 4 and a.shape[1] == full.shape[1] else a for a in args]
     prefix = jax.jit(functools.partial(selective_scan, backend="pallas"))(*prefix_args)
     np.testing.assert_allclose(np.asarray(prefix), np.asarray(full[:, :cut]), rtol=0, atol=1e-6)
+
+
+def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir):
+    """The release's three recorded AdamW steps, with every scan of the model fused."""
+    from test_train import ATOL, LOSS_RTOL, RELEASE_STEPS, _release_batch, _release_names
+
+    from configs import tiny
+    from sasmamba_jax import checkpoint, train_lib
+
+    with np.load(data_dir / "official_tiny_trainstep.npz") as f:
+        release = {key: f[key] for key in f.files}
+    release["config"] = json.loads(str(release["config"]))
+    config = tiny.get_config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 5e-4
+    model = checkpoint.load_model(
+        data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad="release", scan="pallas"
+    )
+    state = train_lib.create_train_state(config, model)
+    for step in range(RELEASE_STEPS):
+        state, metrics = train_lib.train_step(state, _release_batch(release, step))
+        np.testing.assert_allclose(metrics["loss"], release["loss"][step], rtol=LOSS_RTOL)
+
+    # As in test_train: where AdamW's first step divides a gradient within a
+    # few eps of 0 by itself, rounding becomes a step of up to lr.
+    lr = config.optimizer.learning_rate
+    for name, value in _release_names(state.params, release).items():
+        error = np.abs(value - release[f"final/{name}"])
+        well_conditioned = np.abs(release[f"grad/{name}"]) >= 100 * config.optimizer.eps
+        assert np.all(error[well_conditioned] <= ATOL), name
+        assert np.all(error <= RELEASE_STEPS * lr), name

@@ -36,6 +36,7 @@ SCAN_CONFIGS = (
     ("chunked", 7),
     ("chunked", 1),
     ("chunked", 50),
+    ("pallas", 64),
 )
 CONFIG_IDS = [f"{backend}-{chunk}" for backend, chunk in SCAN_CONFIGS]
 
@@ -189,7 +190,7 @@ def test_numpy_reference_reproduces_release_scan():
 
 @pytest.mark.parametrize(
     ("backend", "chunk_size"),
-    [("sequential", 64), ("associative", 64), ("chunked", 64), ("auto", 64)],
+    [("sequential", 64), ("associative", 64), ("chunked", 64), ("pallas", 64), ("auto", 64)],
 )
 def test_back_ends_reproduce_release_scan(backend, chunk_size):
     inputs, expected = _release_scan_in_our_layout()

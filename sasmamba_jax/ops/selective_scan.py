@@ -43,10 +43,11 @@ Backend = Literal["auto", "associative", "chunked", "pallas", "sequential"]
 BACKENDS = ("auto", "associative", "chunked", "pallas", "sequential")
 # What "auto" runs, by the platform the computation is compiled for (names as
 # jax.lax.platform_dependent spells them). On CPU the sequential loop measured
-# fastest (benchmarks/scan.py, benchmarks/model.py); on accelerators the
-# fused Pallas kernel, the only back end that neither stores every state nor
-# streams them through HBM (docs/performance.md).
-AUTO_BACKENDS = {"cpu": "sequential", "cuda": "associative", "rocm": "associative", "tpu": "associative"}
+# fastest (benchmarks/scan.py, benchmarks/model.py); on TPU and CUDA the fused
+# Pallas kernels, the only back end that neither stores every state nor
+# streams them through HBM (docs/performance.md). ROCm keeps the associative
+# scan: the Triton kernel has never been lowered for it.
+AUTO_BACKENDS = {"cpu": "sequential", "cuda": "pallas", "rocm": "associative", "tpu": "pallas"}
 # jax.default_backend() and jax.Device.platform say "gpu" where
 # platform_dependent says "cuda" or "rocm".
 _PLATFORM_ALIASES = {"gpu": "cuda"}
