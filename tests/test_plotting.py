@@ -266,3 +266,51 @@ def test_training_curves_reject_broken_json(tmp_path):
     metrics.write_text('{"step": 1, "train/loss": 0.5}\n{"step": 2,\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
         plotting.plot_training_curves(metrics, tmp_path / "curves.png")
+
+
+def _two_people(num_frames=5):
+    """Two walkers, the second 300 px to the right and 100 mm scaled, absent in frames 0 and 1."""
+    keypoints_2d, poses_3d = walking_sequence(num_frames)
+    people_2d = np.stack([keypoints_2d, keypoints_2d + [300.0, 0.0]])
+    people_3d = np.stack([poses_3d, poses_3d * 0.9])
+    people_2d[1, :2] = np.nan
+    people_3d[1, :2] = np.nan
+    return people_2d, people_3d
+
+
+def test_several_people_stand_at_their_2d_roots():
+    people_2d, people_3d = _two_people()
+    axes = _axes_3d(plotting.plot_frame(people_2d, people_3d, 3, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
+    for row, person_id in enumerate((3, 7)):
+        shown = _gid_points(axes, f"prediction_joints_{person_id}")
+        # Written from the convention: the root-relative pose moved to the 2D root measured from the
+        # image centre (x, y), depth unchanged, then shown as (x, z, -y).
+        root = people_2d[row, 3, skeleton.ROOT] - np.array(_IMAGE_SIZE) / 2
+        placed = people_3d[row, 3] + np.array([root[0], root[1], 0.0])
+        np.testing.assert_allclose(shown, np.stack([placed[:, 0], placed[:, 2], -placed[:, 1]], axis=-1))
+    legend = [text.get_text() for text in axes.figure.legends[0].get_texts()]
+    assert legend[:2] == ["person 3", "person 7"]
+
+
+def test_an_absent_person_is_not_drawn():
+    people_2d, people_3d = _two_people()
+    axes = _axes_3d(plotting.plot_frame(people_2d, people_3d, 1, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
+    assert np.isnan(_gid_points(axes, "prediction_joints_7")).all()
+    assert np.isfinite(_gid_points(axes, "prediction_joints_3")).all()
+
+
+def test_several_people_animation_and_input_checks(tmp_path):
+    people_2d, people_3d = _two_people()
+    path = plotting.save_animation(
+        tmp_path / "two.gif", people_2d, people_3d, image_size=_IMAGE_SIZE, person_ids=[3, 7], dpi=_DPI
+    )
+    with Image.open(path) as image:
+        assert image.n_frames == 5
+    with pytest.raises(ValueError, match="several people need person_ids"):
+        plotting.plot_frame(people_2d, people_3d, 0)
+    broken = people_3d.copy()
+    broken[0, 3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite values outside whole absent frames"):
+        plotting.plot_frame(people_2d, broken, 0, person_ids=[3, 7])
+    with pytest.raises(ValueError, match="person_ids go with several people"):
+        plotting.plot_frame(people_2d[0], people_3d[0], 0, person_ids=[3])
