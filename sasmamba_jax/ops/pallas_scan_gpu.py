@@ -196,6 +196,7 @@ class _BlockSpecs:
 
 
 def _pallas_call(kernel, sequence_shape, *, in_specs, out_specs, out_shape, interpret):
+    """``kernel`` over the (R, E / BLOCK_E, L / CHUNK) grid of an (L, R, E) sequence, float32 outputs."""
     length, rows, channels = sequence_shape
     return pl.pallas_call(
         kernel,
