@@ -22,11 +22,11 @@ Letters: N frames, M clips, T frames per clip, J = 17 joints.
 
 import dataclasses
 import os
-import pickle
 
 import numpy as np
 
 from sasmamba_jax import skeleton
+from sasmamba_jax.data import safe_pickle
 
 # Width and height in pixels of the four Human3.6M cameras.
 CAMERA_RESOLUTIONS = {
@@ -206,7 +206,8 @@ def read_h36m_pickle(path):
 
     Args:
       path: path of `h36m_sh_conf_cam_source_final.pkl` (or a file of the same
-        format). It is unpickled, so it must come from a trusted source.
+        format). It is unpickled with `safe_pickle.load`, which refuses
+        anything but numpy arrays and plain containers.
 
     Returns:
       {'train': {...}, 'test': {...}}: the per-frame fields of each split as
@@ -216,19 +217,7 @@ def read_h36m_pickle(path):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Human3.6M pickle not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            content = pickle.load(f)
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        AttributeError,
-        ImportError,
-        IndexError,
-        TypeError,
-        ValueError,
-    ) as error:
-        raise ValueError(f"{path} is not a readable pickle: {error!r}") from error
+    content = safe_pickle.load_file(path)
     if not isinstance(content, dict) or not {"train", "test"} <= content.keys():
         raise ValueError(
             f"{path}: expected a dict with 'train' and 'test', got "
@@ -417,19 +406,7 @@ def load_clip_folder(root, split):
     inputs, targets = [], []
     for name in names:
         path = os.path.join(folder, name)
-        try:
-            with open(path, "rb") as f:
-                clip = pickle.load(f)
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            AttributeError,
-            ImportError,
-            IndexError,
-            TypeError,
-            ValueError,
-        ) as error:
-            raise ValueError(f"{path} is not a readable pickle: {error!r}") from error
+        clip = safe_pickle.load_file(path)
         if not isinstance(clip, dict) or not {"data_input", "data_label"} <= clip.keys():
             raise ValueError(f"{path}: expected a dict with 'data_input' and 'data_label'")
         inputs.append(np.asarray(clip["data_input"], np.float32))

@@ -30,12 +30,10 @@ Letters: F frames of a video, M clips, K test windows, T frames per clip.
 
 import dataclasses
 import os
-import pickle
-import zipfile
 
 import numpy as np
 
-from sasmamba_jax.data import h36m
+from sasmamba_jax.data import h36m, safe_pickle
 
 NUM_JOINTS = 17
 ROOT_JOINT = 14
@@ -130,8 +128,9 @@ def read_3dhp_npz(path, split):
     """Reads and checks one of P-STMO's MPI-INF-3DHP npz files.
 
     Args:
-      path: path of `data_train_3dhp.npz` or `data_test_3dhp.npz`. Its content
-        is unpickled, so it must come from a trusted source.
+      path: path of `data_train_3dhp.npz` or `data_test_3dhp.npz`. Its 'data'
+        entry is unpickled with `safe_pickle.load`, which refuses anything but
+        numpy arrays and plain containers.
       split: 'train' or 'test', the layout to expect.
 
     Returns:
@@ -143,16 +142,10 @@ def read_3dhp_npz(path, split):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MPI-INF-3DHP npz not found: {path}")
-    try:
-        archive = np.load(path, allow_pickle=True)
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a readable npz file: {error!r}") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is not an npz archive")
-    with archive:
-        if "data" not in archive.files:
-            raise ValueError(f"{path}: no 'data' entry (has {archive.files})")
-        data = archive["data"]
+    archive = safe_pickle.load_npz(path)
+    if "data" not in archive:
+        raise ValueError(f"{path}: no 'data' entry (has {sorted(archive)})")
+    data = archive["data"]
     if data.shape != ():
         raise ValueError(f"{path}: 'data' must hold one pickled dict, got shape {data.shape}")
     data = data.item()
