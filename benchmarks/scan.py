@@ -21,7 +21,13 @@ from sasmamba_jax.inference import predict
 from sasmamba_jax.model import SasMamba, SasMambaConfig
 from sasmamba_jax.ops import selective_scan
 
-BACKENDS = ("sequential", "associative", "chunked")
+BACKENDS = ("sequential", "associative", "chunked", "pallas")
+
+
+def label(backend):
+    """The back end's name, marked where Pallas runs interpreted (not on TPU or GPU)."""
+    interpreted = backend == "pallas" and jax.default_backend() not in ("tpu", "gpu")
+    return f"{backend} (interpret)" if interpreted else backend
 
 
 def best_time(fn, *args, repeats):
@@ -63,7 +69,7 @@ def bench_scan(args):
         f"on {jax.devices()[0].platform} ({jax.device_count()} device(s)); "
         f"chunk size: chunked {args.chunk_size}, sequential {args.sequential_chunk_size}"
     )
-    header = f"{'back end':<12}{'fwd s':>9}{'fwd+bwd s':>11}{'fwd temp MB':>13}{'fwd+bwd temp MB':>17}"
+    header = f"{'back end':<20}{'fwd s':>9}{'fwd+bwd s':>11}{'fwd temp MB':>13}{'fwd+bwd temp MB':>17}"
     print(header)
     rows = {}
     for backend in BACKENDS:
@@ -96,12 +102,12 @@ def bench_scan(args):
             bwd_mem,
         )
         rows[backend] = row
-        print(f"{backend:<12}{row[0]:>9.3f}{row[1]:>11.3f}{row[2]:>13.0f}{row[3]:>17.0f}", flush=True)
+        print(f"{label(backend):<20}{row[0]:>9.3f}{row[1]:>11.3f}{row[2]:>13.0f}{row[3]:>17.0f}", flush=True)
     base = rows["sequential"]
     print("ratios to sequential (time: >1 is slower; memory: >1 is more)")
     for backend, row in rows.items():
         ratios = [r / b for r, b in zip(row, base)]
-        print(f"{backend:<12}" + "".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (9, 11, 13, 17))))
+        print(f"{label(backend):<20}" + "".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (9, 11, 13, 17))))
     chunked, assoc = rows["chunked"][3], rows["associative"][3]
     print(f"chunked fwd+bwd temp memory / associative: {chunked / assoc:.3f}")
 
@@ -116,7 +122,7 @@ def bench_model(args):
         model.eval()
         times[backend] = best_time(predict, model, x, repeats=args.repeats)
         print(
-            f"{backend:<12}{times[backend]:>8.3f} s  ({times[backend] / times['sequential']:.2f}x sequential)"
+            f"{label(backend):<20}{times[backend]:>8.3f} s  ({times[backend] / times['sequential']:.2f}x sequential)"
         )
 
 

@@ -1,15 +1,22 @@
-"""Model directories (Orbax) and ``load_model`` for every checkpoint kind we accept.
+"""Model directories (Orbax), training workdirs and ``load_model`` for every checkpoint kind we accept.
 
 A model directory holds ``config.json`` (the ``SasMambaConfig``) and
 ``params/`` (an Orbax checkpoint of the parameter tree). It is written into a
 temporary sibling and renamed into place, so a crash never leaves a
-half-written directory behind.
+half-written directory behind. A training workdir (``train.py``) holds
+``checkpoints/latest`` and ``checkpoints/best``, Orbax checkpoint managers'
+directories. Every loader lives here: ``train_lib`` builds on this module and
+this module on ``convert``, never the other way round.
 """
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -24,6 +31,13 @@ from sasmamba_jax.model import SasMamba, SasMambaConfig
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 FORMAT = "sasmamba-jax-model"
+# A training workdir's checkpoint managers.
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+# What every loader runs the scan with unless told otherwise: the back end
+# measured fastest for the platform, whatever a file recorded.
+DEFAULT_SCAN = "auto"
 
 
 def build_model(config: SasMambaConfig, params: Any) -> SasMamba:
@@ -110,26 +124,98 @@ def load_params(params_dir: str | os.PathLike, config: SasMambaConfig) -> dict:
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params(config))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(params_dir, target)
+            params = checkpointer.restore(params_dir, target)
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot restore parameters from {params_dir}: {first_line}") from None
+        raise CheckpointError(f"cannot restore parameters from {params_dir}: {first_line(e)}") from None
+    check_shapes(params, target, f"the parameters in {params_dir}")
+    return params
 
 
-def load_model(path: str | os.PathLike, **options: Any) -> SasMamba:
+def check_shapes(restored: Any, target: Any, what: str) -> None:
+    """Raises CheckpointError naming every array of ``restored`` whose shape differs from ``target``'s.
+
+    Orbax restores an array with the shape it was saved with, whatever shape
+    the target asks for (unless the target is sharded), and nnx takes it.
+    """
+    mismatched = [
+        f"{jax.tree_util.keystr(path)}: saved {tuple(saved.shape)}, model {tuple(wanted.shape)}"
+        for (path, saved), wanted in zip(
+            jax.tree_util.tree_leaves_with_path(restored), jax.tree.leaves(target), strict=True
+        )
+        if tuple(saved.shape) != tuple(wanted.shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{what} do not fit the model config: {'; '.join(mismatched)}")
+
+
+def training_model_config(config: Mapping[str, Any]) -> SasMambaConfig:
+    """The model a training config describes: its ``model`` fields plus its ``dtype``."""
+    return SasMambaConfig.from_dict({**dict(config["model"]), "dtype": config["dtype"]})
+
+
+def load_model_from_workdir(workdir: str | os.PathLike, **options: Any) -> SasMamba:
+    """The latest checkpoint's model of a training workdir, in eval mode.
+
+    Args:
+        workdir: a ``train.py`` workdir.
+        **options: overrides of the model's run options (scan, stride_grad, ...).
+
+    Raises:
+        CheckpointError: no checkpoint yet, or one that cannot be restored.
+    """
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"{workdir} has no training checkpoint yet")
+    try:
+        saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        model_cfg = training_model_config(saved_config).with_options(**options)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
+        # Restore onto this process's first device, whatever mesh the run trained on.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        on_device = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        target = {"params": on_device}
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )
+            ),
+        )
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(f"cannot restore step {step} of {manager.directory}: {first_line(e)}") from None
+    check_shapes(restored.state, target, f"the parameters of step {step} in {manager.directory}")
+    model = nnx.merge(graphdef, restored.state["params"])
+    model.eval()
+    return model
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message reduced to its first line (its type where it has none)."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def load_model(path: str | os.PathLike, *, scan: str = DEFAULT_SCAN, **options: Any) -> SasMamba:
     """Loads a SasMamba in eval mode from any checkpoint we know.
 
     Args:
         path: a release ``.pth`` file (needs torch), a model directory written
             by ``save_model`` / ``python -m sasmamba_jax.convert``, or a
             training workdir (its latest checkpoint).
-        **options: overrides of the non-shape settings, e.g. ``scan="chunked"``,
+        scan: the scan back end; "auto" (the default) runs the one measured
+            fastest for the platform, whatever back end the file was saved with.
+        **options: overrides of the other non-shape settings, e.g.
             ``stride_grad="exact"``, ``drop_path_rate=0.0``, ``dtype="bfloat16"``.
 
     Raises:
         CheckpointError: the path is missing, unreadable or does not fit.
     """
     path = os.fspath(path)
+    options = {"scan": scan, **options}
     if os.path.isfile(path):
         state_dict = convert.read_pytorch_state_dict(path)
         config = convert.infer_config(state_dict).with_options(**options)
@@ -137,12 +223,70 @@ def load_model(path: str | os.PathLike, **options: Any) -> SasMamba:
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         config = read_model_config(path).with_options(**options)
         return build_model(config, load_params(os.path.join(path, PARAMS_DIR), config))
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        from sasmamba_jax import train_lib
-
-        return train_lib.load_model_from_workdir(path, **options)
+    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+        return load_model_from_workdir(path, **options)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     raise CheckpointError(
         f"{path} is neither a .pth file, a model directory (with {CONFIG_FILE}) nor a training workdir"
     )
+
+
+# ---------------------------------------------------------------------------
+# The conversion command line (python -m sasmamba_jax.convert)
+
+
+def _check_against_reference(model: SasMamba, reference_npz: str, atol: float) -> bool:
+    from sasmamba_jax.inference import predict
+
+    with np.load(reference_npz, allow_pickle=False) as ref:
+        if "x" not in ref or "y" not in ref:
+            raise CheckpointError(f"{reference_npz} must hold arrays 'x' and 'y'")
+        x, y = ref["x"], ref["y"]
+    out = np.asarray(predict(model, x))
+    abs_err = float(np.max(np.abs(out - y)))
+    rel_err = float(np.max(np.abs(out - y) / (np.abs(y) + 1e-6)))
+    ok = abs_err <= atol
+    print(
+        f"check against {reference_npz}: max abs error {abs_err:.3e}, max rel error {rel_err:.3e} "
+        f"({'OK' if ok else 'FAILED'}, atol {atol:g})"
+    )
+    return ok
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    """``python -m sasmamba_jax.convert``: release ``.pth`` <-> model directory; the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sasmamba_jax.convert",
+        description="Convert SasMamba checkpoints between the PyTorch release and sasmamba-jax.",
+    )
+    parser.add_argument("source", help="release .pth checkpoint (or, with --to-pytorch, our model directory)")
+    parser.add_argument("destination", help="output model directory (or, with --to-pytorch, a .pth file)")
+    parser.add_argument(
+        "--to-pytorch", action="store_true", help="convert our model directory to a release .pth"
+    )
+    parser.add_argument("--check", metavar="REF.npz", help="compare outputs with the release's ('x', 'y')")
+    parser.add_argument("--atol", type=float, default=1e-4, help="max abs error accepted by --check")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.to_pytorch:
+            model = load_model(args.source)
+            if os.path.exists(args.destination) and not args.overwrite:
+                raise CheckpointError(f"{args.destination} exists (use --overwrite to replace it)")
+            convert.write_pytorch_checkpoint(export_pytorch_state_dict(model), args.destination)
+            print(f"wrote {args.destination}")
+            return 0
+        if args.check and not os.path.isfile(args.check):
+            raise CheckpointError(f"reference file not found: {args.check}")
+        model = load_model(args.source)
+        save_model(model, args.destination, overwrite=args.overwrite)
+        print(f"wrote {args.destination} ({dataclasses.asdict(model.config)})")
+        if args.check and not _check_against_reference(model, args.check, args.atol):
+            return 1
+        return 0
+    except (ValueError, ImportError, OSError) as e:
+        # CheckpointError is a ValueError; OSError covers unwritable destinations.
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2

@@ -5,14 +5,12 @@ release's name, our parameter path, and the layout change between them. Torch
 is needed only to read and write ``.pth`` files; the mapping itself works on
 numpy arrays.
 
-Command line::
+Command line (``checkpoint.convert_main``, which builds on this module)::
 
     python -m sasmamba_jax.convert CKPT.pth OUT_DIR [--check REF.npz] [--atol 1e-4]
     python -m sasmamba_jax.convert --to-pytorch OUT_DIR new.pth
 """
 
-import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -246,10 +244,12 @@ def read_pytorch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        message = str(e).strip()
-        reason = f"{type(e).__name__}: {message.splitlines()[0]}" if message else type(e).__name__
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {reason}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception:
+        # torch's own message for a file its weights-only unpickler refuses
+        # advises weights_only=False, which would run the file's code.
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
     if isinstance(loaded, Mapping) and "model" in loaded:
         loaded = loaded["model"]
     elif isinstance(loaded, Mapping) and "state_dict" in loaded:
@@ -289,70 +289,10 @@ def current_umask() -> int:
     return mask
 
 
-# ---------------------------------------------------------------------------
-# Command line
-
-
-def _check_against_reference(model, reference_npz: str, atol: float) -> bool:
-    from sasmamba_jax.inference import predict
-
-    with np.load(reference_npz) as ref:
-        if "x" not in ref or "y" not in ref:
-            raise CheckpointError(f"{reference_npz} must hold arrays 'x' and 'y'")
-        x, y = ref["x"], ref["y"]
-    out = np.asarray(predict(model, x))
-    abs_err = float(np.max(np.abs(out - y)))
-    rel_err = float(np.max(np.abs(out - y) / (np.abs(y) + 1e-6)))
-    ok = abs_err <= atol
-    print(
-        f"check against {reference_npz}: max abs error {abs_err:.3e}, max rel error {rel_err:.3e} "
-        f"({'OK' if ok else 'FAILED'}, atol {atol:g})"
-    )
-    return ok
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sasmamba_jax.convert",
-        description="Convert SasMamba checkpoints between the PyTorch release and sasmamba-jax.",
-    )
-    parser.add_argument("source", help="release .pth checkpoint (or, with --to-pytorch, our model directory)")
-    parser.add_argument("destination", help="output model directory (or, with --to-pytorch, a .pth file)")
-    parser.add_argument(
-        "--to-pytorch", action="store_true", help="convert our model directory to a release .pth"
-    )
-    parser.add_argument("--check", metavar="REF.npz", help="compare outputs with the release's ('x', 'y')")
-    parser.add_argument("--atol", type=float, default=1e-4, help="max abs error accepted by --check")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
-    args = parser.parse_args(argv)
-
-    from sasmamba_jax import checkpoint
-
-    try:
-        if args.to_pytorch:
-            model = checkpoint.load_model(args.source)
-            if os.path.exists(args.destination) and not args.overwrite:
-                raise CheckpointError(f"{args.destination} exists (use --overwrite to replace it)")
-            write_pytorch_checkpoint(checkpoint.export_pytorch_state_dict(model), args.destination)
-            print(f"wrote {args.destination}")
-            return 0
-        if args.check and not os.path.isfile(args.check):
-            raise CheckpointError(f"reference file not found: {args.check}")
-        model = checkpoint.load_model(args.source)
-        checkpoint.save_model(model, args.destination, overwrite=args.overwrite)
-        print(f"wrote {args.destination} ({dataclasses.asdict(model.config)})")
-        if args.check and not _check_against_reference(model, args.check, args.atol):
-            return 1
-        return 0
-    except (ValueError, ImportError, OSError) as e:
-        # CheckpointError is a ValueError; OSError covers unwritable destinations.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    # Under `python -m` this file runs as __main__ while checkpoint imports it again as
-    # sasmamba_jax.convert; run that copy so the CheckpointError it raises is the one main catches.
-    from sasmamba_jax.convert import main as package_main
+    # Run as a script, this file is __main__, a module of its own; the library
+    # module sasmamba_jax.convert never imports checkpoint, so imports run one
+    # way (train_lib -> checkpoint -> convert).
+    from sasmamba_jax.checkpoint import convert_main
 
-    sys.exit(package_main())
+    sys.exit(convert_main())

@@ -30,13 +30,11 @@ from flax import nnx, struct
 from tqdm import tqdm
 
 from sasmamba_jax import checkpoint, eval_lib, losses, plotting, sharding
+from sasmamba_jax.checkpoint import BEST, CHECKPOINT_DIR, LATEST
 from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
 from sasmamba_jax.metric_writers import MetricWriter
 from sasmamba_jax.model import SasMamba, SasMambaConfig
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST = "latest"
-BEST = "best"
 RESULTS_FILE = "results.json"
 CURVES_FILE = "curves.png"
 
@@ -78,7 +76,7 @@ class TrainState:
 
 def model_config(config: ml_collections.ConfigDict) -> SasMambaConfig:
     """The model a training config describes (``config.model`` plus ``config.dtype``)."""
-    return SasMambaConfig.from_dict({**config.model.to_dict(), "dtype": config.dtype})
+    return checkpoint.training_model_config(config.to_dict())
 
 
 def create_model(config: ml_collections.ConfigDict) -> SasMamba:
@@ -266,44 +264,19 @@ def _save_args(state: TrainState, loader_state: dict, config: ml_collections.Con
 def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tuple[TrainState, dict]:
     """Restores arrays into ``state``'s shardings, and the data loader's position."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.arrays())
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loader=ocp.args.JsonRestore()),
-    )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loader=ocp.args.JsonRestore()),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise checkpoint.CheckpointError(
+            f"cannot resume from step {step} of {manager.directory} (a run with another model "
+            f"config? use a new workdir): {checkpoint.first_line(e)}"
+        ) from None
+    checkpoint.check_shapes(restored.state, abstract, f"the arrays of step {step} in {manager.directory}")
     return state.with_arrays(restored.state), restored.loader
 
-
-def load_model_from_workdir(workdir: str, **options: Any) -> SasMamba:
-    """The latest checkpoint's model of a training workdir, in eval mode.
-
-    Args:
-        workdir: a ``train.py`` workdir.
-        **options: overrides of the model's run options (scan, stride_grad, ...).
-    """
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
-    step = manager.latest_step()
-    if step is None:
-        raise checkpoint.CheckpointError(f"{workdir} has no training checkpoint yet")
-    saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    config = ml_collections.ConfigDict(saved_config)
-    model_cfg = model_config(config).with_options(**options)
-    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
-    # Restore onto this process's first device, whatever mesh the run trained on.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params
-    )
-    target = {"params": abstract_params}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
-        ),
-    )
-    model = nnx.merge(graphdef, restored.state["params"])
-    model.eval()
-    return model
 
 
 # ---------------------------------------------------------------------------
@@ -348,7 +321,7 @@ def _initial_model(config) -> SasMamba:
         wanted = model_config(config)
         for field in SasMambaConfig.SHAPE_FIELDS:
             if getattr(model.config, field) != getattr(wanted, field):
-                raise ValueError(
+                raise checkpoint.CheckpointError(
                     f"init_from {config.init_from} has {field}={getattr(model.config, field)}, "
                     f"the config asks for {getattr(wanted, field)}"
                 )

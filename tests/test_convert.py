@@ -6,6 +6,7 @@ itself (T=27, C=32, depth 2); `official_tiny.npz` holds the release's output
 the definitions and against torch's own Linear / Conv2d functions.
 """
 
+import fractions
 import os
 import pickle
 import subprocess
@@ -259,7 +260,7 @@ def test_our_params_round_trip_is_exact(tmp_path, random_model):
     convert.write_pytorch_checkpoint(state_dict, tmp_path / "random.pth")
     _assert_same_state_dict(convert.read_pytorch_state_dict(tmp_path / "random.pth"), state_dict)
     reloaded = checkpoint.load_model(tmp_path / "random.pth")
-    assert reloaded.config == model.config
+    assert reloaded.config == model.config.with_options(scan=checkpoint.DEFAULT_SCAN)
     _assert_same_params(checkpoint.params_of(reloaded), params)
     assert os.listdir(tmp_path) == ["random.pth"]
 
@@ -369,13 +370,15 @@ def _write_bytes(path, data):
         lambda d, pth: _write_bytes(d / "text.pth", b"epoch: 1\nthis is not a checkpoint\n"),
         lambda d, pth: _write_bytes(d / "noise.pth", np.random.default_rng(0).bytes(4096)),
         lambda d, pth: _write_bytes(d / "list.pkl", pickle.dumps([1.0, 2.0, 3.0])),
+        # torch's weights-only unpickler refuses it and advises weights_only=False.
+        lambda d, pth: _write_bytes(d / "fraction.pth", pickle.dumps({"model": fractions.Fraction(1, 3)})),
     ],
-    ids=["truncated", "text", "random-bytes", "pickled-list"],
+    ids=["truncated", "text", "random-bytes", "pickled-list", "refused-by-weights-only"],
 )
 def test_unreadable_files(tmp_path, pth_path, make):
     path = make(tmp_path, pth_path)
     for read in (convert.read_pytorch_state_dict, checkpoint.load_model):
-        with pytest.raises(CheckpointError, match="cannot read .* as a PyTorch checkpoint") as info:
+        with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint$") as info:
             read(path)
         assert path.name in str(info.value) and "\n" not in str(info.value)
 
@@ -469,7 +472,8 @@ def test_load_model_with_options_matches_release(pth_path, model_dir, reference)
 
 def test_cli_converts_and_checks(tmp_path, pth_path, data_dir, tiny_model, capsys):
     out_dir = tmp_path / "converted"
-    assert convert.main([str(pth_path), str(out_dir), "--check", str(data_dir / "official_tiny.npz")]) == 0
+    reference_npz = str(data_dir / "official_tiny.npz")
+    assert checkpoint.convert_main([str(pth_path), str(out_dir), "--check", reference_npz]) == 0
     printed = capsys.readouterr().out
     assert "max abs error" in printed and "max rel error" in printed and "OK" in printed
     converted = checkpoint.load_model(out_dir)
@@ -483,7 +487,7 @@ def test_cli_check_fails_on_a_tampered_reference(tmp_path, pth_path, reference, 
     y = reference["y"].copy()
     y[0, 3, 5, 1] += 0.01
     np.savez(tampered, x=reference["x"], y=y)
-    assert convert.main([str(pth_path), str(tmp_path / "out"), "--check", str(tampered)]) == 1
+    assert checkpoint.convert_main([str(pth_path), str(tmp_path / "out"), "--check", str(tampered)]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -491,26 +495,27 @@ def test_cli_refuses_to_replace_without_overwrite(tmp_path, pth_path, capsys):
     out_dir = tmp_path / "existing"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("precious")
-    assert convert.main([str(pth_path), str(out_dir)]) == 2
+    assert checkpoint.convert_main([str(pth_path), str(out_dir)]) == 2
     assert "exists" in capsys.readouterr().err
     assert os.listdir(out_dir) == ["keep.txt"]
     assert (out_dir / "keep.txt").read_text() == "precious"
     assert sorted(os.listdir(tmp_path)) == ["existing"]
 
-    assert convert.main([str(pth_path), str(out_dir), "--overwrite"]) == 0
+    assert checkpoint.convert_main([str(pth_path), str(out_dir), "--overwrite"]) == 0
     assert sorted(os.listdir(out_dir)) == [checkpoint.CONFIG_FILE, checkpoint.PARAMS_DIR]
     assert sorted(os.listdir(tmp_path)) == ["existing"]
 
 
 def test_cli_truncated_checkpoint_writes_nothing(tmp_path, pth_path, capsys):
     truncated = _write_bytes(tmp_path / "half.pth", pth_path.read_bytes()[:1000])
-    assert convert.main([str(truncated), str(tmp_path / "out")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert checkpoint.convert_main([str(truncated), str(tmp_path / "out")]) == 2
+    assert "is not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["half.pth"]
 
 
 def test_cli_missing_reference_writes_nothing(tmp_path, pth_path, capsys):
-    assert convert.main([str(pth_path), str(tmp_path / "out"), "--check", str(tmp_path / "no.npz")]) == 2
+    missing = str(tmp_path / "no.npz")
+    assert checkpoint.convert_main([str(pth_path), str(tmp_path / "out"), "--check", missing]) == 2
     assert "reference file not found" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 
@@ -529,20 +534,20 @@ def test_cli_exit_code_and_stderr_of_the_real_command(tmp_path, pth_path):
     assert result.returncode == 2, result.stderr
     error_lines = result.stderr.strip().splitlines()
     assert len(error_lines) == 1, result.stderr
-    assert error_lines[0].startswith("error: cannot read") and "half.pth" in error_lines[0]
+    assert error_lines[0] == f"error: {truncated} is not a readable PyTorch checkpoint"
     assert os.listdir(tmp_path) == ["half.pth"]
 
 
 def test_cli_to_pytorch_writes_the_release_state_dict(tmp_path, model_dir, release_state_dict, capsys):
     new_pth = tmp_path / "new.pth"
-    assert convert.main(["--to-pytorch", str(model_dir), str(new_pth)]) == 0
+    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), str(new_pth)]) == 0
     written = torch.load(new_pth, map_location="cpu", weights_only=True)
     assert list(written) == ["model"]
     _assert_same_state_dict({n: t.numpy() for n, t in written["model"].items()}, release_state_dict)
     assert os.listdir(tmp_path) == ["new.pth"]
 
     capsys.readouterr()
-    assert convert.main(["--to-pytorch", str(model_dir), str(new_pth)]) == 2
+    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), str(new_pth)]) == 2
     assert "exists" in capsys.readouterr().err
 
 
@@ -578,7 +583,8 @@ def test_outputs_get_the_permissions_of_plain_files(tmp_path, random_model):
 
 
 def test_cli_to_pytorch_into_a_missing_folder_is_a_one_line_error(tmp_path, model_dir, capsys):
-    assert convert.main(["--to-pytorch", str(model_dir), str(tmp_path / "no" / "such" / "x.pth")]) == 2
+    destination = str(tmp_path / "no" / "such" / "x.pth")
+    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), destination]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 

@@ -391,7 +391,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
     last_good = LOOP_CHECKPOINT_EVERY
     assert _latest_manager(workdir).all_steps() == [last_good]
     assert not os.path.exists(os.path.join(workdir, train_lib.RESULTS_FILE))
-    assert _all_finite(train_lib.load_model_from_workdir(workdir))
+    assert _all_finite(checkpoint.load_model_from_workdir(workdir))
 
     # The checkpoint is exactly the state of that step: training on from it with
     # clean data ends where the uninterrupted run ended.
@@ -476,7 +476,7 @@ def test_killing_train_py_during_a_save_keeps_the_previous_checkpoint(tmp_path):
         assert _latest_manager(workdir).latest_step() == finalized
         state, loader = _restore_checkpoint(workdir, finalized)
         assert int(state["step"]) == finalized and loader["step_in_epoch"] == finalized
-        assert _all_finite(train_lib.load_model_from_workdir(workdir))
+        assert _all_finite(checkpoint.load_model_from_workdir(workdir))
 
     result = subprocess.run(
         command,
