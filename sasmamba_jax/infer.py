@@ -250,18 +250,21 @@ def _lift_detections(args: argparse.Namespace, file_format: str) -> tuple[dict, 
 
 def _plot(args: argparse.Namespace, results: dict, image_size) -> None:
     plotted = results.get("poses_3d_px", results["poses_3d"])
+    keypoints_2d = results["keypoints_2d"]
     unit = "px" if image_size is not None else "normalised units"
-    several = plotted.ndim == 4
     options = dict(image_size=image_size, length_unit=unit)
-    if several:
+    if "person_ids" in results:
+        # People from a detector file, even one picked by --person, may be absent (NaN) in some frames.
         options["person_ids"] = results["person_ids"]
+        if plotted.ndim == 3:
+            plotted, keypoints_2d = plotted[None], keypoints_2d[None]
     if args.plot.lower().endswith(".png"):
         frame = plotted.shape[-3] // 2 if args.plot_frame is None else args.plot_frame
-        plotting.save_frame(args.plot, results["keypoints_2d"], plotted, frame, **options)
+        plotting.save_frame(args.plot, keypoints_2d, plotted, frame, **options)
     else:
         plotting.save_animation(
             args.plot,
-            results["keypoints_2d"],
+            keypoints_2d,
             plotted,
             max_frames=args.plot_max_frames,
             fps=args.fps,

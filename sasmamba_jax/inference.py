@@ -338,14 +338,16 @@ def lift(
 
     Args:
         model: a SasMamba, e.g. from `checkpoint.load_model`.
-        keypoints_2d: (T, 17, 2) x, y or (T, 17, 3) x, y, confidence; pixels
+        keypoints_2d: (T, K, 2) x, y or (T, K, 3) x, y, confidence; pixels
             when `image_size` is given, else already normalised
             (``xy / W * 2 - [1, H / W]``). NaN or confidence 0 marks a
             missing point.
-        keypoint_format: ``"h36m"`` (`skeleton.JOINT_NAMES` order) or
-            ``"coco"`` (COCO-17, as most 2D detectors emit).
+        keypoint_format: ``"h36m"`` (`skeleton.JOINT_NAMES` order),
+            ``"coco"`` (COCO-17, as most 2D detectors emit), or another key
+            of `keypoints.LAYOUTS` (``"halpe26"``, ``"body25"``,
+            ``"coco18"``, ``"wholebody133"``); K keypoints per frame.
         image_size: (W, H) of the video in pixels, or None.
-        confidences: optional (T, 17) confidences for (T, 17, 2) keypoints;
+        confidences: optional (T, K) confidences for (T, K, 2) keypoints;
             required (one way or the other) by 3-channel models.
         flip_tta, batch_size, threads, stride, short_sequence_mode, progress:
             see `lift_sequence`.

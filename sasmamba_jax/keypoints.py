@@ -207,7 +207,6 @@ LAYOUTS = {
     )
 }
 FORMATS = tuple(LAYOUTS)
-COCO_TO_H36M_SOURCES = LAYOUTS["coco"].h36m_sources
 
 
 @dataclasses.dataclass(frozen=True)

@@ -262,13 +262,15 @@ def test_cli_person_picks_one_track(tmp_path, people, model_dir, direct_lifts):
     out = tmp_path / "out.npz"
     status = infer.main(
         f"--checkpoint {model_dir} --input {path} --format mmpose --image-size 1000 1002 --no-flip "
-        f"--person 7 --output {out}".split()
+        f"--person 7 --output {out} --plot {tmp_path / 'p7.png'} --plot-frame 2".split()
     )
     assert status == 0
     result = np.load(out)
     assert result["poses_3d"].shape == (FRAMES, 17, 3)
     np.testing.assert_allclose(result["poses_3d"][SECOND_PRESENT], direct_lifts[1], atol=1e-5)
+    assert np.isnan(result["poses_3d"][: SECOND_PRESENT.start]).all()
     np.testing.assert_array_equal(result["person_ids"], [7])
+    assert (tmp_path / "p7.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_short_tracks_are_reported_and_skipped(people, model_dir):
