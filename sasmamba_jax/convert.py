@@ -14,6 +14,7 @@ Command line (``checkpoint.convert_main``, which builds on this module)::
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -242,14 +243,19 @@ def read_pytorch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
-    except Exception:
-        # torch's own message for a file its weights-only unpickler refuses
-        # advises weights_only=False, which would run the file's code.
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
+    # torch's warnings about a file it then fails to read (an unusual pickle
+    # protocol) say nothing the error does not; they are shown only on success.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+        except Exception:
+            # torch's own message for a file its weights-only unpickler refuses
+            # advises weights_only=False, which would run the file's code.
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint") from None
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if isinstance(loaded, Mapping) and "model" in loaded:
         loaded = loaded["model"]
     elif isinstance(loaded, Mapping) and "state_dict" in loaded:
