@@ -55,6 +55,11 @@ _LAYOUTS_BY_COUNT = {
     "mmpose": {17: "coco", 133: "wholebody133"},
 }
 UNTRACKED_ID = 0
+_TRACKING_HINTS = {
+    "alphapose": "AlphaPose with --pose_track or --pose_flow writes idx",
+    "openpose": "OpenPose with --tracking writes person_id",
+    "mmpose": "predictions with track_id, e.g. from MMPose's tracking inferencers",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +128,7 @@ def _track_id(value, where: str) -> int:
     return int(value)
 
 
-def _layout_of(detections: list[_Detection], file_format: str, source: str) -> tuple[str, int]:
+def _layout_of(detections: list[_Detection], file_format: str) -> tuple[str, int]:
     """The layout every detection shares; each must have 3 numbers per keypoint of it."""
     layouts = _LAYOUTS_BY_COUNT[file_format]
     expected = " or ".join(
@@ -153,7 +158,7 @@ def _assemble(
     """Places each detection at its (person, frame); ids from the tracker, or 0 if untracked."""
     if not detections:
         raise ValueError(f"{source}: no people detected in any frame")
-    keypoint_format, count = _layout_of(detections, file_format, source)
+    keypoint_format, count = _layout_of(detections, file_format)
     tracked = [d.person_id is not None for d in detections]
     if any(tracked) and not all(tracked):
         untracked = detections[tracked.index(False)]
@@ -183,13 +188,6 @@ def _assemble(
     if np.isinf(array).any():
         raise ValueError(f"{source}: keypoints contain infinite values")
     return Detections(array, person_ids, keypoint_format, tuple(frame_names))
-
-
-_TRACKING_HINTS = {
-    "alphapose": "AlphaPose with --pose_track or --pose_flow writes idx",
-    "openpose": "OpenPose with --tracking writes person_id",
-    "mmpose": "predictions with track_id, e.g. from MMPose's tracking inferencers",
-}
 
 
 def _alphapose_frames(image_ids: Iterable[str]) -> tuple[dict[str, int], list[str]]:
