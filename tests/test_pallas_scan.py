@@ -10,6 +10,8 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +192,50 @@ def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir):
         well_conditioned = np.abs(release[f"grad/{name}"]) >= 100 * config.optimizer.eps
         assert np.all(error[well_conditioned] <= ATOL), name
         assert np.all(error <= RELEASE_STEPS * lr), name
+
+
+SHARDED_CHILD = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from test_selective_scan import INPUT_NAMES, _random_inputs
+from sasmamba_jax.ops import selective_scan
+
+inputs = _random_inputs(16, 4, 40, 2, 8, 4)
+args = [jnp.asarray(inputs[name]) for name in INPUT_NAMES]
+loss = lambda *a: jnp.sum(selective_scan(*a, backend="pallas") ** 2)
+grads = jax.jit(jax.grad(loss, range(7)))
+one_device = grads(*args)
+mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "fsdp"))
+batch, whole = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
+placed = [jax.device_put(a, batch if a.shape[0] == 4 and a.ndim == 4 else whole) for a in args]
+with jax.set_mesh(mesh):
+    text = grads.lower(*placed).as_text()
+    on_mesh = grads(*placed)
+print(json.dumps({
+    "errors": {n: float(jnp.max(jnp.abs(a - b))) for n, a, b in zip(INPUT_NAMES, one_device, on_mesh)},
+    "specs": {n: str(g.sharding.spec) for n, g in zip(INPUT_NAMES, on_mesh)},
+    "shard_map": "shard_map" in text or "sdy.manual_computation" in text,
+}))
+"""
+
+
+def test_on_a_mesh_each_device_scans_its_batch_slice():
+    """Under jax.set_mesh the kernels run per batch shard and the gradients equal one device's."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(tests_dir), tests_dir]),
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", SHARDED_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["shard_map"]
+    for name in ("u", "delta", "B", "C"):
+        assert result["specs"][name] == "P(('data', 'fsdp'),)", name
+    for name, error in result["errors"].items():
+        assert error < 1e-5, (name, error)
