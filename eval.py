@@ -13,7 +13,6 @@ options such as ``--config.model.scan``.
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -57,12 +56,9 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = cli.config_value(_CONFIG)
     options = {name: config.model[name] for name in RUN_OPTIONS}
-    try:
+    with cli.input_errors_end_the_program():
         model = checkpoint.load_model(_CHECKPOINT.value, dtype=config.dtype, **options)
         task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
-    except (ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     predictions = eval_lib.predict_test_clips(

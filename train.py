@@ -5,7 +5,10 @@
         --config.data.pkl_path=h36m_sh_conf_cam_source_final.pkl
     python train.py ... --config.max_steps=100 --config.dtype=bfloat16
 
-Re-running the same command resumes from DIR/checkpoints. Multi-host: add
+Re-running the same command resumes from DIR/checkpoints. On SIGTERM (what
+TPU pods and SLURM send before preempting) every process saves the current
+step and exits with status 0. Bad data files, checkpoints and flags end in
+one line and exit status 2; a non-finite loss in exit status 1. Multi-host: add
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or nothing
 on TPU pods and SLURM, which JAX detects by itself).
 """
@@ -32,10 +35,18 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        results = train_lib.train_and_evaluate(cli.config_value(_CONFIG), _WORKDIR.value)
-    except (train_lib.NonFiniteLossError, ValueError) as e:
+        with cli.input_errors_end_the_program():
+            results = train_lib.train_and_evaluate(cli.config_value(_CONFIG), _WORKDIR.value)
+    except train_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if results["preempted"]:
+        print(
+            f"preempted: saved step {results['steps']} in "
+            f"{os.path.join(_WORKDIR.value, train_lib.CHECKPOINT_DIR, train_lib.LATEST)}; "
+            "the same command resumes from it"
+        )
+        return 0
     print(
         f"P1 {results['p1']:.2f} mm, P2 {results.get('p2', float('nan')):.2f} mm on the test split "
         f"(mean-pose baseline P1 {results['baseline_p1']:.2f} mm) after {results['steps']} steps, "

@@ -1,8 +1,9 @@
-"""Flag handling shared by ``train.py`` and ``eval.py``: every flag error is one line and exit status 2."""
+"""Flag and input-error handling shared by ``train.py`` and ``eval.py``: one line and exit status 2."""
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -45,6 +46,21 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         _exit(f"{_program()}: error: {e}")
     except (AttributeError, KeyError) as e:
         _exit(_unknown_key_message(e, argv))
+
+
+# What a user's input causes: missing, unreadable or ill-formed data files,
+# checkpoints that are corrupt or do not fit the config (CheckpointError is a
+# ValueError), a missing optional package.
+INPUT_ERRORS = (ValueError, OSError, ImportError)
+
+
+@contextlib.contextmanager
+def input_errors_end_the_program() -> Iterator[None]:
+    """Turns an ``INPUT_ERRORS`` exception of the block into one line on stderr and exit status 2."""
+    try:
+        yield
+    except INPUT_ERRORS as e:
+        _exit(f"{_program()}: error: {e}")
 
 
 def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:

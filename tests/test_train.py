@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +46,8 @@ RELEASE_LOSS_TERMS = {
 LOOP_STEPS = 4
 LOOP_CHECKPOINT_EVERY = 2
 POISONED_STEP = 4
+# Not a checkpoint step: the save at it is the preemption's.
+SIGTERM_STEP = 3
 # The tiny model cut to 9 frames and one layer, which compiles and runs in half the time.
 LOOP_MODEL = {"num_frames": 9, "depth": 1}
 
@@ -396,6 +399,34 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
     # The checkpoint is exactly the state of that step: training on from it with
     # clean data ends where the uninterrupted run ended.
     train_lib.train_and_evaluate(_loop_config(), workdir)
+    _assert_same_final_checkpoint(workdir, uninterrupted_run[0])
+
+
+class _SigtermLoader(ClipLoader):
+    """Sends this process SIGTERM, as a scheduler would, while serving the batch of step SIGTERM_STEP."""
+
+    def __next__(self):
+        if self.epoch * self.steps_per_epoch + self.step_in_epoch + 1 == SIGTERM_STEP:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__next__()
+
+
+def test_sigterm_saves_the_current_step_and_the_same_call_resumes_bit_exactly(
+    tmp_path, monkeypatch, uninterrupted_run
+):
+    workdir = str(tmp_path)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_lib, "ClipLoader", _SigtermLoader)
+        preempted = train_lib.train_and_evaluate(_loop_config(), workdir)
+    assert preempted["preempted"] and preempted["steps"] == SIGTERM_STEP
+    assert _latest_manager(workdir).all_steps() == [LOOP_CHECKPOINT_EVERY, SIGTERM_STEP]
+    assert _restore_checkpoint(workdir, SIGTERM_STEP)[1]["step_in_epoch"] == SIGTERM_STEP
+    assert not os.path.exists(os.path.join(workdir, train_lib.RESULTS_FILE))
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+
+    resumed = train_lib.train_and_evaluate(_loop_config(), workdir)
+    assert not resumed["preempted"] and resumed["steps"] == LOOP_STEPS
     _assert_same_final_checkpoint(workdir, uninterrupted_run[0])
 
 
