@@ -32,8 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
             # published weights were trained with); "exact": the true gradient.
             stride_grad="release",
             # Recompute block activations in the backward pass (less memory,
-            # about one more forward pass of compute).
-            remat=False,
+            # about one more forward pass of compute). None: on an
+            # accelerator, True only if the step would not fit one chip
+            # otherwise (train_lib.resolve_memory_settings; the choice is
+            # logged and saved with the config); on CPU False.
+            remat=config_dict.placeholder(bool),
         )
     )
     # Compute dtype: "float32" or "bfloat16" (parameters, optimizer state and
@@ -65,8 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 16
     # Gradient accumulation: the batch runs in this many equal microbatches,
     # one at a time, and their gradients are averaged. Same update, less
-    # activation memory (B=16, T=243: see README, "Performance").
-    config.num_microbatches = 1
+    # activation memory (B=16, T=243: docs/performance.md). None: on an
+    # accelerator, the fewest that fit one chip, tried after remat; on CPU 1.
+    config.num_microbatches = config_dict.placeholder(int)
     config.num_epochs = 300
     # Stop after this many steps (-1: run all epochs).
     config.max_steps = -1

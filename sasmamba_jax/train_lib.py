@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -28,10 +27,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx, struct
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from sasmamba_jax import checkpoint, eval_lib, losses, plotting, sharding
+from sasmamba_jax import checkpoint, eval_lib, losses, plotting, sharding, skeleton, step_memory
 from sasmamba_jax.checkpoint import BEST, CHECKPOINT_DIR, LATEST
 from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
 from sasmamba_jax.metric_writers import MetricWriter
@@ -76,9 +74,30 @@ class TrainState:
         return self.replace(**arrays)
 
 
+def memory_settings(config: ml_collections.ConfigDict) -> tuple[bool, int]:
+    """(remat, num_microbatches) as configured, an unset key (None) taken as False and 1.
+
+    ``train_and_evaluate`` first fills unset keys with what fits the
+    accelerator (``resolve_memory_settings``); the step API and runs on CPU
+    take these defaults.
+    """
+    remat = False if config.model.remat is None else config.model.remat
+    num_microbatches = 1 if config.num_microbatches is None else config.num_microbatches
+    return remat, num_microbatches
+
+
+def with_memory_settings(config: ml_collections.ConfigDict, remat: bool, num_microbatches: int):
+    """A copy of ``config`` with ``model.remat`` and ``num_microbatches`` set."""
+    config = config.copy_and_resolve_references()
+    config.model.remat = remat
+    config.num_microbatches = num_microbatches
+    return config
+
+
 def model_config(config: ml_collections.ConfigDict) -> SasMambaConfig:
     """The model a training config describes (``config.model`` plus ``config.dtype``)."""
-    return checkpoint.training_model_config(config.to_dict())
+    remat, _ = memory_settings(config)
+    return checkpoint.training_model_config(config.to_dict()).with_options(remat=remat)
 
 
 def create_model(config: ml_collections.ConfigDict) -> SasMamba:
@@ -116,9 +135,10 @@ def create_train_state(
         eps=opt.eps,
         weight_decay=opt.weight_decay,
     )
-    if config.num_microbatches < 1 or config.batch_size % config.num_microbatches:
+    _, num_microbatches = memory_settings(config)
+    if num_microbatches < 1 or config.batch_size % num_microbatches:
         raise ValueError(
-            f"num_microbatches ({config.num_microbatches}) must be positive and divide "
+            f"num_microbatches ({num_microbatches}) must be positive and divide "
             f"batch_size ({config.batch_size})"
         )
     graphdef, params = nnx.split(nnx.view(model, deterministic=False))
@@ -129,7 +149,7 @@ def create_train_state(
         rng=jax.random.key_data(jax.random.key(config.seed)),
         graphdef=graphdef,
         tx=tx,
-        num_microbatches=config.num_microbatches,
+        num_microbatches=num_microbatches,
     )
 
 
@@ -236,39 +256,109 @@ def model_from_state(state: TrainState) -> SasMamba:
 
 
 # ---------------------------------------------------------------------------
+# Memory: compiling the step without running it, and settings that fit
+
+
+def abstract_train_step_args(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, dict[str, jax.ShapeDtypeStruct]]:
+    """``train_step``'s arguments as ``train_and_evaluate`` places them, as sharded shapes only.
+
+    Nothing is allocated, so ``mesh`` may hold devices this process cannot
+    reach (a TPU topology compiled for from a CPU machine). The learning-rate
+    schedule is the constant one; its per-epoch decay is a few scalar
+    operations, nothing that changes memory.
+
+    Returns:
+        (state, {"input_2d": (B, T, 17, C_in), "target_3d": (B, T, 17, 3)}).
+    """
+    state = jax.eval_shape(lambda: create_train_state(config, create_model(config)))
+    arrays = state.arrays()
+    shardings = sharding.tree_shardings(mesh, arrays)
+    state = state.with_arrays(
+        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), arrays, shardings)
+    )
+    model_cfg = model_config(config)
+    clip = (config.batch_size, model_cfg.num_frames, skeleton.NUM_JOINTS)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {
+        "input_2d": jax.ShapeDtypeStruct((*clip, model_cfg.in_chans), jnp.float32, sharding=batch_sharding),
+        "target_3d": jax.ShapeDtypeStruct((*clip, 3), jnp.float32, sharding=batch_sharding),
+    }
+    return state, batch
+
+
+def train_step_peak_bytes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """One chip's peak memory of ``train_step`` for ``config`` on ``mesh``, from compiling it.
+
+    A compile that runs out of the devices' memory gives the requirement its
+    error states plus the arguments (a lower bound: more than fits).
+    """
+    args = abstract_train_step_args(config, mesh)
+    try:
+        # Under the mesh, as train_and_evaluate runs the step: the Pallas scan
+        # splits its kernels over it.
+        with jax.set_mesh(mesh):
+            compiled = train_step.lower(*args).compile()
+        return step_memory.compiled_peak_bytes(compiled)
+    except jax.errors.JaxRuntimeError as e:
+        needed = step_memory.required_bytes(e)
+        if needed is None:
+            raise
+        return needed[0] + step_memory.per_device_bytes(args)
+
+
+def resolve_memory_settings(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    budget_bytes: int | None,
+    peak_bytes=None,
+) -> tuple[ml_collections.ConfigDict, step_memory.MemoryChoice | None]:
+    """``config`` with unset ``model.remat`` / ``num_microbatches`` (None) chosen to fit one chip.
+
+    Explicit values are never changed. With nothing to choose, or no budget
+    (CPU), unset keys take ``memory_settings``' defaults and nothing is
+    compiled.
+
+    Args:
+        config: a training config.
+        mesh: the devices the step runs on.
+        budget_bytes: one chip's memory (``step_memory.device_memory_bytes``), or None.
+        peak_bytes: (config) -> one chip's peak; default ``train_step_peak_bytes`` on ``mesh``.
+
+    Returns:
+        (the config with both keys set, the choice made or None).
+    """
+    defaults = with_memory_settings(config, *memory_settings(config)), None
+    if budget_bytes is None:
+        return defaults
+    candidates = step_memory.memory_candidates(
+        config.model.remat, config.num_microbatches, config.batch_size, mesh.devices.size
+    )
+    if len(candidates) == 1:
+        return defaults
+    peak_bytes = peak_bytes or (lambda candidate: train_step_peak_bytes(candidate, mesh))
+    choice = step_memory.choose_memory_settings(
+        candidates, lambda remat, n: peak_bytes(with_memory_settings(config, remat, n)), budget_bytes
+    )
+    return with_memory_settings(config, choice.remat, choice.num_microbatches), choice
+
+
+# ---------------------------------------------------------------------------
 # Checkpoints
 
 
 def _checkpoint_managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-    """The latest ``keep`` checkpoints, and the best one by test P1.
-
-    Each manager names its barriers with its own prefix. Orbax's asynchronous
-    save ends in a cross-process barrier named after the step's directory
-    (``{prefix}_async_write_complete.{step}``, orbax/checkpoint/_src/
-    checkpointers/async_checkpointer.py): with the default empty prefix,
-    ``latest`` and ``best`` saving the same step wait on one barrier name
-    from two threads at once, and the coordination service aborts every
-    process ("Barrier ... is already ongoing").
-    """
+    """The latest ``keep`` checkpoints, and the best one by test P1."""
     root = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-
-    def barrier_prefix(name):
-        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-
     latest = ocp.CheckpointManager(
         os.path.join(root, LATEST),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, multiprocessing_options=barrier_prefix(LATEST)
-        ),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
     )
     best = ocp.CheckpointManager(
         os.path.join(root, BEST),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics["p1"],
-            best_mode="min",
-            create=True,
-            multiprocessing_options=barrier_prefix(BEST),
+            max_to_keep=1, best_fn=lambda metrics: metrics["p1"], best_mode="min", create=True
         ),
     )
     return latest, best
@@ -298,43 +388,6 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tu
     checkpoint.check_shapes(restored.state, abstract, f"the arrays of step {step} in {manager.directory}")
     return state.with_arrays(restored.state), restored.loader
 
-
-
-class PreemptionNotice:
-    """Whether the scheduler asked the run to stop, answered alike by every process at one step.
-
-    TPU pods and SLURM send SIGTERM before they preempt a job, to one process
-    or to all. With several processes, jax.distributed's preemption service
-    (on by default: ``jax.distributed.initialize`` makes SIGTERM notify the
-    coordination service) tells every process, and
-    ``reached_preemption_sync_point`` picks the same step for all of them,
-    so they save one step together. A single process has no such service,
-    so its own SIGTERM handler raises the flag.
-
-    Call ``reached(step)`` after every step, from the step the run started at;
-    ``close()`` puts back the SIGTERM handler it replaced.
-    """
-
-    def __init__(self):
-        self._multi_process = jax.process_count() > 1
-        self._signalled = False
-        self._previous_handler = None
-        if not self._multi_process:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame):
-        del signum, frame
-        self._signalled = True
-
-    def reached(self, step: int) -> bool:
-        if self._multi_process:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._signalled
-
-    def close(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
 
 
 # ---------------------------------------------------------------------------
@@ -391,18 +444,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates a SasMamba; resumes from ``workdir`` if it holds checkpoints.
 
     Writes ``workdir/checkpoints/{latest,best}`` (Orbax), ``metrics.jsonl`` and
-    TensorBoard events, ``curves.png`` and ``results.json``. On SIGTERM
-    (``PreemptionNotice``) every process saves the current step to ``latest``
-    and returns early, without the final evaluation; the same call resumes.
+    TensorBoard events, ``curves.png`` and ``results.json``.
 
     Returns:
-        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps,
-        wall time, and "preempted": False; after a preemption only "steps",
-        "wall_s" and "preempted": True.
+        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps, wall time.
     """
     start_time = time.time()
     is_writer = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh)
+    # Chosen before anything is built, so the saved config records the choice.
+    budget_bytes = step_memory.device_memory_bytes(mesh.devices.flat[0])
+    config, choice = resolve_memory_settings(config, mesh, budget_bytes)
+    if choice is not None:
+        if not choice.fits:
+            raise ValueError(step_memory.describe_choice(choice, budget_bytes))
+        if is_writer:
+            print(step_memory.describe_choice(choice, budget_bytes))
     model_cfg = model_config(config)
     task = eval_lib.load_task(config.data, model_cfg.num_frames, config.seed)
     loader = ClipLoader(
@@ -444,10 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = tqdm(
         total=schedule.total_steps, initial=step, disable=not is_writer, desc="train", unit="step"
     )
-    preemption = PreemptionNotice()
-    preempted = False
     try:
-        while step < schedule.total_steps and not preempted:
+        while step < schedule.total_steps:
             batch = make_global_batch(next(loader), batch_sharding)
             state, metrics = train_step(state, batch)
             step += 1
@@ -458,8 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             unchecked = unchecked[-1:]
             log_now = schedule.due(step, schedule.log_every)
             eval_now = schedule.due(step, schedule.eval_every)
-            preempted = preemption.reached(step)
-            save_now = schedule.due(step, schedule.checkpoint_every) or preempted
+            save_now = schedule.due(step, schedule.checkpoint_every)
             if log_now or eval_now or save_now:
                 _check_finite(unchecked)
                 unchecked = []
@@ -482,18 +536,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if eval_results is not None:
                     best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
     finally:
-        preemption.close()
         progress.close()
         latest.wait_until_finished()
         best.wait_until_finished()
         writer.close()
 
-    if preempted:
-        return {"preempted": True, "steps": step, "wall_s": time.time() - start_time}
     if results is None:
         results = evaluate(state)
     final = {
-        "preempted": False,
         "p1": results["p1"],
         **_secondary(results, prefix=""),
         "baseline_p1": baseline["p1"],
