@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx, struct
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from sasmamba_jax import checkpoint, eval_lib, losses, plotting, sharding, skeleton, step_memory
@@ -349,16 +351,35 @@ def resolve_memory_settings(
 
 
 def _checkpoint_managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
-    """The latest ``keep`` checkpoints, and the best one by test P1."""
+    """The latest ``keep`` checkpoints, and the best one by test P1.
+
+    Each manager names its barriers with its own prefix. Orbax's asynchronous
+    save ends in a cross-process barrier named after the step's directory
+    (``{prefix}_async_write_complete.{step}``, orbax/checkpoint/_src/
+    checkpointers/async_checkpointer.py): with the default empty prefix,
+    ``latest`` and ``best`` saving the same step wait on one barrier name
+    from two threads at once, and the coordination service aborts every
+    process ("Barrier ... is already ongoing").
+    """
     root = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+    def barrier_prefix(name):
+        return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
     latest = ocp.CheckpointManager(
         os.path.join(root, LATEST),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, multiprocessing_options=barrier_prefix(LATEST)
+        ),
     )
     best = ocp.CheckpointManager(
         os.path.join(root, BEST),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda metrics: metrics["p1"], best_mode="min", create=True
+            max_to_keep=1,
+            best_fn=lambda metrics: metrics["p1"],
+            best_mode="min",
+            create=True,
+            multiprocessing_options=barrier_prefix(BEST),
         ),
     )
     return latest, best
@@ -388,6 +409,43 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tu
     checkpoint.check_shapes(restored.state, abstract, f"the arrays of step {step} in {manager.directory}")
     return state.with_arrays(restored.state), restored.loader
 
+
+
+class PreemptionNotice:
+    """Whether the scheduler asked the run to stop, answered alike by every process at one step.
+
+    TPU pods and SLURM send SIGTERM before they preempt a job, to one process
+    or to all. With several processes, jax.distributed's preemption service
+    (on by default: ``jax.distributed.initialize`` makes SIGTERM notify the
+    coordination service) tells every process, and
+    ``reached_preemption_sync_point`` picks the same step for all of them,
+    so they save one step together. A single process has no such service,
+    so its own SIGTERM handler raises the flag.
+
+    Call ``reached(step)`` after every step, from the step the run started at;
+    ``close()`` puts back the SIGTERM handler it replaced.
+    """
+
+    def __init__(self):
+        self._multi_process = jax.process_count() > 1
+        self._signalled = False
+        self._previous_handler = None
+        if not self._multi_process:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        del signum, frame
+        self._signalled = True
+
+    def reached(self, step: int) -> bool:
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._signalled
+
+    def close(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
 
 
 # ---------------------------------------------------------------------------
@@ -444,10 +502,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates a SasMamba; resumes from ``workdir`` if it holds checkpoints.
 
     Writes ``workdir/checkpoints/{latest,best}`` (Orbax), ``metrics.jsonl`` and
-    TensorBoard events, ``curves.png`` and ``results.json``.
+    TensorBoard events, ``curves.png`` and ``results.json``. On SIGTERM
+    (``PreemptionNotice``) every process saves the current step to ``latest``
+    and returns early, without the final evaluation; the same call resumes.
 
     Returns:
-        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps, wall time.
+        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps,
+        wall time, and "preempted": False; after a preemption only "steps",
+        "wall_s" and "preempted": True.
     """
     start_time = time.time()
     is_writer = jax.process_index() == 0
@@ -501,8 +563,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     progress = tqdm(
         total=schedule.total_steps, initial=step, disable=not is_writer, desc="train", unit="step"
     )
+    preemption = PreemptionNotice()
+    preempted = False
     try:
-        while step < schedule.total_steps:
+        while step < schedule.total_steps and not preempted:
             batch = make_global_batch(next(loader), batch_sharding)
             state, metrics = train_step(state, batch)
             step += 1
@@ -513,7 +577,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             unchecked = unchecked[-1:]
             log_now = schedule.due(step, schedule.log_every)
             eval_now = schedule.due(step, schedule.eval_every)
-            save_now = schedule.due(step, schedule.checkpoint_every)
+            preempted = preemption.reached(step)
+            save_now = schedule.due(step, schedule.checkpoint_every) or preempted
             if log_now or eval_now or save_now:
                 _check_finite(unchecked)
                 unchecked = []
@@ -536,14 +601,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if eval_results is not None:
                     best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
     finally:
+        preemption.close()
         progress.close()
         latest.wait_until_finished()
         best.wait_until_finished()
         writer.close()
 
+    if preempted:
+        return {"preempted": True, "steps": step, "wall_s": time.time() - start_time}
     if results is None:
         results = evaluate(state)
     final = {
+        "preempted": False,
         "p1": results["p1"],
         **_secondary(results, prefix=""),
         "baseline_p1": baseline["p1"],
