@@ -1,0 +1,108 @@
+"""Per-chip peak memory and compile time of the published training steps on TPU topologies, from the aot tool.
+
+    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl
+    PYTHONPATH=. python benchmarks/tpu_fit.py --configs=small --topologies=v5e:1x1 --scans=pallas
+
+Each cell is one ``python -m sasmamba_jax.aot`` process (config as shipped,
+plus ``--config.model.scan``, ``--config.model.remat`` and
+``--config.num_microbatches=1``), so nothing is chosen for it. Cells already
+in ``--output`` (JSON lines) are not compiled again: a long table can be
+built over several runs. Prints the whole table as Markdown.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+CONFIGS = {"small": "configs/h36m_243.py", "large": "configs/h36m_243_large.py"}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default="small,large")
+    parser.add_argument("--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1")
+    parser.add_argument("--scans", default="pallas,sequential,chunked,associative")
+    parser.add_argument("--remats", default="False,True")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per compile")
+    parser.add_argument("--output", default="tpu_fit.jsonl")
+    return parser.parse_args()
+
+
+def cell_key(row):
+    return (row["config"], row["topology"], row["scan"], row["remat"])
+
+
+def compile_cell(config, topology, scan, remat, timeout):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "report.json")
+        command = [
+            sys.executable,
+            "-m",
+            "sasmamba_jax.aot",
+            f"--config={CONFIGS[config]}",
+            f"--topology={topology}",
+            f"--config.model.scan={scan}",
+            f"--config.model.remat={remat}",
+            "--config.num_microbatches=1",
+            f"--json={path}",
+        ]
+        try:
+            env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"compile ran over {timeout} s"}
+        if not os.path.exists(path):
+            return {"error": (result.stderr.strip().splitlines() or ["no report"])[-1][:200]}
+        with open(path) as f:
+            return json.load(f)
+
+
+def format_table(rows):
+    lines = [
+        "| config | topology | scan | remat | peak GB per chip | HBM GB | fits | compile s |",
+        "|---|---|---|---|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        head = f"| {row['config']} | {row['topology']} | {row['scan']} | {row['remat']} |"
+        if "error" in row:
+            lines.append(f"{head} {row['error']} | | | |")
+            continue
+        bound = "" if row["fits"] else " (at least)"
+        lines.append(
+            f"{head} {row['peak_bytes_per_chip'] / 1e9:.2f}{bound} | {row['hbm_bytes_per_chip'] / 1e9:.2f} | "
+            f"{'yes' if row['fits'] else 'no'} | {row['compile_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    args = parse_args()
+    done = {}
+    if os.path.exists(args.output):
+        with open(args.output) as f:
+            for line in f:
+                row = json.loads(line)
+                done[cell_key(row)] = row
+    for config in args.configs.split(","):
+        for topology in args.topologies.split(","):
+            for scan in args.scans.split(","):
+                for remat in args.remats.split(","):
+                    key = (config, topology, scan, remat == "True")
+                    if key in done:
+                        continue
+                    row = compile_cell(config, topology, scan, remat, args.timeout)
+                    row.update(config=config, topology=topology, scan=scan, remat=remat == "True")
+                    done[key] = row
+                    with open(args.output, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    print(format_table(list(done.values())))
+
+
+if __name__ == "__main__":
+    main()
