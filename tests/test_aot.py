@@ -5,6 +5,7 @@ Every TPU compile here is deviceless (libtpu, no TPU): ``jax.experimental.topolo
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from sasmamba_jax import aot, sharding, step_memory, train_lib  # noqa: E402
 from sasmamba_jax.ops.selective_scan import resolve_backend, selective_scan  # noqa: E402
 
 GiB = 2**30
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The tiny recipe cut to what compiles for a TPU in seconds: the same step,
 # fewer frames and one layer.
 SMALL_OVERRIDES = ["--config.model.num_frames=9", "--config.model.depth=1"]
@@ -36,6 +38,7 @@ def _run_aot(*args, tmp_path):
         [sys.executable, "-m", "sasmamba_jax.aot", *args, f"--json={json_path}"],
         capture_output=True,
         text=True,
+        cwd=REPO_ROOT,
         # About 2 minutes a compile on 2 busy CPU cores; far more on a loaded machine.
         timeout=1800,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
