@@ -147,7 +147,9 @@ def predict_test_clips(graphdef, params, task: Task, eval_config, mesh: Mesh, in
 
 def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> dict:
     """Runs the dataset's evaluation protocol on an eval-mode model."""
-    return task.evaluate(predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans))
+    # The Pallas scan splits its kernels over the context's mesh.
+    with jax.set_mesh(mesh):
+        return task.evaluate(predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans))
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:

@@ -410,7 +410,6 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tu
     return state.with_arrays(restored.state), restored.loader
 
 
-
 class PreemptionNotice:
     """Whether the scheduler asked the run to stop, answered alike by every process at one step.
 
@@ -511,9 +510,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         wall time, and "preempted": False; after a preemption only "steps",
         "wall_s" and "preempted": True.
     """
+    mesh = sharding.make_mesh(config.mesh)
+    # Every step, evaluation and compile of the run sees the mesh: the Pallas
+    # scan splits its kernels over it (XLA cannot split them itself).
+    with jax.set_mesh(mesh):
+        return _train_and_evaluate_on(mesh, config, workdir)
+
+
+def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_time = time.time()
     is_writer = jax.process_index() == 0
-    mesh = sharding.make_mesh(config.mesh)
     # Chosen before anything is built, so the saved config records the choice.
     budget_bytes = step_memory.device_memory_bytes(mesh.devices.flat[0])
     config, choice = resolve_memory_settings(config, mesh, budget_bytes)
