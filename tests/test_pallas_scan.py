@@ -107,10 +107,6 @@ def _loss_gradients(*args):
 
 
 def _tpu_v5e_mesh():
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    # Let a second process (another test run, the aot tool) load libtpu too:
-    # a deviceless compile takes no chip.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     pytest.importorskip("libtpu", reason="libtpu is not installed: pip install 'jax[tpu]'")
     from jax.experimental import topologies
 
