@@ -2,7 +2,8 @@
 
 Each process of the pair gets 2 fake CPU devices and reads half of every
 global batch; the single process gets 4. Same config, same steps: the final
-parameters must agree.
+parameters must agree. The pair also saves ``latest`` and ``best`` at the same
+steps.
 """
 
 import os
@@ -13,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -20,7 +22,7 @@ from configs import tiny
 from sasmamba_jax import checkpoint, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 900
+TIMEOUT_S = 1800
 STEPS = 3
 
 
@@ -30,13 +32,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train_command(workdir, *extra):
+def _train_command(workdir, *extra, steps=STEPS):
     return [
         sys.executable,
         os.path.join(REPO, "train.py"),
         "--config=" + os.path.join(REPO, "configs", "tiny.py"),
         f"--workdir={workdir}",
-        f"--config.max_steps={STEPS}",
+        f"--config.max_steps={steps}",
         "--config.eval.flip=False",
         # AdamW with the release's eps (1e-8) turns summation-order rounding of
         # near-zero gradients into parameter differences of order lr;
@@ -53,12 +55,34 @@ def _environment(num_devices):
     return env
 
 
-def _run_all(commands_and_envs):
-    """Starts every process, waits for all within the timeout, kills them on any failure."""
-    processes = [
+def _pair(workdir, *extra, steps=STEPS):
+    """Commands and environments of two processes with 2 devices each."""
+    port = _free_port()
+    return [
+        (
+            _train_command(
+                workdir,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                *extra,
+                steps=steps,
+            ),
+            _environment(2),
+        )
+        for i in range(2)
+    ]
+
+
+def _start_all(commands_and_envs):
+    return [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for cmd, env in commands_and_envs
     ]
+
+
+def _wait_all(processes):
+    """Waits for every process within the timeout, kills them on any failure; their outputs."""
     try:
         outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in processes]
     finally:
@@ -69,6 +93,10 @@ def _run_all(commands_and_envs):
     for p, out in zip(processes, outputs):
         assert p.returncode == 0, f"process failed ({p.returncode}):\n{_failure_report(out)}"
     return outputs
+
+
+def _run_all(commands_and_envs):
+    return _wait_all(_start_all(commands_and_envs))
 
 
 def _failure_report(output: str) -> str:
@@ -86,31 +114,74 @@ def _param_leaves(model):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
+def _max_difference(leaves, other_leaves):
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(leaves, other_leaves, strict=True))
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
-    port = _free_port()
     pair_dir = tmp_path / "two_processes"
     single_dir = tmp_path / "one_process"
-    pair = [
-        (
-            _train_command(
-                pair_dir,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            _environment(2),
-        )
-        for i in range(2)
-    ]
-    _run_all(pair)
+    _run_all(_pair(pair_dir))
     _run_all([(_train_command(single_dir), _environment(4))])
 
     pair = _param_leaves(checkpoint.load_model(pair_dir))
     single = _param_leaves(checkpoint.load_model(single_dir))
     initial = _param_leaves(train_lib.create_model(tiny.get_config()))
     assert len(pair) == len(single) == len(initial) > 0
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(pair, single)) <= 1e-5
+    assert _max_difference(pair, single) <= 1e-5
     # Both runs trained: the parameters left their (shared) initial values.
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(pair, initial)) > 1e-4
+    assert _max_difference(pair, initial) > 1e-4
     assert f'"steps": {STEPS}' in (pair_dir / "results.json").read_text()
+
+
+SAME_STEP_STEPS = 6
+
+
+def _manager(workdir, name):
+    return ocp.CheckpointManager(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, name))
+
+
+def _restore_arrays(manager, step):
+    """A training checkpoint's arrays and its loader position, restored as a resumed run does.
+
+    The template's shardings (this process's devices) stand in for the saving
+    runs' ones, which this process cannot see.
+    """
+    config = tiny.get_config()
+    template = train_lib.create_train_state(config, train_lib.create_model(config))
+    state, loader = train_lib._restore(manager, step, template)
+    return jax.device_get(state.arrays()), loader
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+@pytest.mark.slow
+def test_latest_and_best_saved_at_the_same_steps_on_two_processes(tmp_path):
+    """Checkpointing and evaluating every step: both managers save every step, concurrently."""
+    every_step = ("--config.checkpoint_every_steps=1", "--config.eval_every_steps=1")
+    pair_dir = tmp_path / "two_processes"
+    single_dir = tmp_path / "one_process"
+    _run_all(_pair(pair_dir, *every_step, steps=SAME_STEP_STEPS))
+    _run_all([(_train_command(single_dir, *every_step, steps=SAME_STEP_STEPS), _environment(4))])
+
+    names = [name for _, dirs, files in os.walk(pair_dir) for name in dirs + files]
+    assert [name for name in names if "tmp" in name] == []
+    latest, best = _manager(pair_dir, checkpoint.LATEST), _manager(pair_dir, checkpoint.BEST)
+    assert latest.all_steps() == list(range(SAME_STEP_STEPS - 2, SAME_STEP_STEPS + 1))
+    assert len(best.all_steps()) == 1
+    for manager in (latest, best):
+        for step in manager.all_steps():
+            state, loader = _restore_arrays(manager, step)
+            assert int(state["step"]) == step and loader["step_in_epoch"] == step
+    best_step = best.all_steps()[0]
+    if best_step in latest.all_steps():
+        saved_by_best = _leaves(_restore_arrays(best, best_step)[0])
+        saved_by_latest = _leaves(_restore_arrays(latest, best_step)[0])
+        assert all(map(np.array_equal, saved_by_best, saved_by_latest))
+    pair = _param_leaves(checkpoint.load_model(pair_dir))
+    single = _param_leaves(checkpoint.load_model(single_dir))
+    assert _max_difference(pair, single) <= 1e-5
+    assert f'"steps": {SAME_STEP_STEPS}' in (pair_dir / "results.json").read_text()
