@@ -3,14 +3,17 @@
 Each process of the pair gets 2 fake CPU devices and reads half of every
 global batch; the single process gets 4. Same config, same steps: the final
 parameters must agree. The pair also saves ``latest`` and ``best`` at the same
-steps.
+steps, and stops together when one of them gets SIGTERM.
 """
 
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -48,14 +51,16 @@ def _train_command(workdir, *extra, steps=STEPS):
     ]
 
 
-def _environment(num_devices):
+def _environment(num_devices, compilation_cache=True):
     env = dict(os.environ)
+    if not compilation_cache:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
 
-def _pair(workdir, *extra, steps=STEPS):
+def _pair(workdir, *extra, steps=STEPS, compilation_cache=True):
     """Commands and environments of two processes with 2 devices each."""
     port = _free_port()
     return [
@@ -68,7 +73,7 @@ def _pair(workdir, *extra, steps=STEPS):
                 *extra,
                 steps=steps,
             ),
-            _environment(2),
+            _environment(2, compilation_cache),
         )
         for i in range(2)
     ]
@@ -185,3 +190,61 @@ def test_latest_and_best_saved_at_the_same_steps_on_two_processes(tmp_path):
     single = _param_leaves(checkpoint.load_model(single_dir))
     assert _max_difference(pair, single) <= 1e-5
     assert f'"steps": {SAME_STEP_STEPS}' in (pair_dir / "results.json").read_text()
+
+
+# A run long enough to be signalled mid-way; neither checkpoints nor
+# evaluations fall due before the preemption.
+LONG_RUN = (
+    "--config.num_epochs=1000",
+    "--config.checkpoint_every_steps=100000",
+    "--config.eval_every_steps=100000",
+)
+LONG_RUN_STEPS = 100000
+STEPS_BEFORE_SIGTERM = 2
+STEPS_AFTER_RESUME = 2
+
+
+def _logged_train_steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum("train/loss" in json.loads(line) for line in f if line.strip())
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_path):
+    """Each pair compiles for itself: with the session's shared compilation cache the resumed pair
+    (the first to load the preempted pair's cached programs) twice ended in a failed shutdown
+    barrier (exit -6) without saving its last step; without it the test passed. Not yet explained."""
+    preempted_dir = tmp_path / "preempted"
+    processes = _start_all(_pair(preempted_dir, *LONG_RUN, steps=LONG_RUN_STEPS, compilation_cache=False))
+    deadline = time.time() + TIMEOUT_S
+    while _logged_train_steps(preempted_dir) < STEPS_BEFORE_SIGTERM and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), "a process ended before the signal"
+        time.sleep(0.2)
+    # Only the second process is told, as when the scheduler preempts one host.
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = _wait_all(processes)
+    latest = _manager(preempted_dir, checkpoint.LATEST)
+    assert len(latest.all_steps()) == 1
+    saved = latest.all_steps()[0]
+    assert STEPS_BEFORE_SIGTERM <= saved < LONG_RUN_STEPS
+    for output in outputs:
+        assert f"preempted: saved step {saved} in" in output, output[-2000:]
+    assert not (preempted_dir / "results.json").exists()
+
+    final = saved + STEPS_AFTER_RESUME
+    resumed = _run_all(_pair(preempted_dir, *LONG_RUN, steps=final, compilation_cache=False))
+    assert f"resumed from {latest.directory} at step {saved}" in resumed[0]
+    reference_dir = tmp_path / "uninterrupted"
+    _run_all(_pair(reference_dir, *LONG_RUN, steps=final, compilation_cache=False))
+
+    ours, our_loader = _restore_arrays(_manager(preempted_dir, checkpoint.LATEST), final)
+    theirs, their_loader = _restore_arrays(_manager(reference_dir, checkpoint.LATEST), final)
+    assert our_loader == their_loader
+    assert int(ours["step"]) == final
+    ours, theirs = jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves_with_path(theirs)
+    assert [path for path, _ in ours] == [path for path, _ in theirs]
+    for (path, a), (_, b) in zip(ours, theirs):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), path
