@@ -72,6 +72,17 @@ class _Specs:
             (1, 1, k, n, TILE_LEN), lambda b, c, l: (c, b, 0, 0, tile(l))
         )
         self.length = length
+        # forward's operands (u, delta, A_t, B_t, C_t, D, delta_bias), which
+        # the backward reads too.
+        self.operands = [
+            self.sequence,
+            self.sequence,
+            self.state_matrix,
+            self.projection,
+            self.projection,
+            self.per_channel,
+            self.per_channel,
+        ]
 
     def steps(self):
         """Real steps in the current tile: TILE_LEN but in a ragged last tile."""
@@ -97,15 +108,7 @@ def forward(u, delta, A_t, B_t, C_t, D, delta_bias, *, interpret):
     return pl.pallas_call(
         functools.partial(_forward_kernel, specs),
         grid=specs.grid,
-        in_specs=[
-            specs.sequence,
-            specs.sequence,
-            specs.state_matrix,
-            specs.projection,
-            specs.projection,
-            specs.per_channel,
-            specs.per_channel,
-        ],
+        in_specs=specs.operands,
         out_specs=[specs.sequence, specs.tile_start],
         out_shape=[
             jax.ShapeDtypeStruct(u.shape, u.dtype),
@@ -171,17 +174,7 @@ def backward(u, delta, A_t, B_t, C_t, D, delta_bias, tile_starts, grad_y, *, int
     return pl.pallas_call(
         functools.partial(_backward_kernel, specs),
         grid=specs.grid,
-        in_specs=[
-            specs.sequence,
-            specs.sequence,
-            specs.state_matrix,
-            specs.projection,
-            specs.projection,
-            specs.per_channel,
-            specs.per_channel,
-            specs.tile_start,
-            specs.sequence,
-        ],
+        in_specs=[*specs.operands, specs.tile_start, specs.sequence],
         out_specs=[
             specs.sequence,
             specs.sequence,
