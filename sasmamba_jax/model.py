@@ -158,27 +158,17 @@ def _inverse_softplus_dt(key, shape, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
     return dt + jnp.log(-jnp.expm1(-dt))
 
 
-class DropPath(nnx.Module):
-    """Stochastic depth: drops whole residual branches per sample, rescales the rest."""
+def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
+    """Stochastic depth: drops whole residual branches per sample, rescales the rest.
 
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.deterministic = False
-
-    def set_view(self, deterministic: bool | None = None):
-        """Lets ``nnx.view(model, deterministic=...)`` switch DropPath on or off."""
-        if deterministic is not None:
-            self.deterministic = deterministic
-
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None) -> jax.Array:
-        """x: (B, ...) residual branch."""
-        if self.deterministic or self.rate == 0.0:
-            return x
-        if rngs is None:
-            raise ValueError("DropPath in training mode needs rngs with a 'dropout' stream")
-        keep_prob = 1.0 - self.rate
-        keep = jax.random.bernoulli(rngs.dropout(), keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
+    Args:
+        x: (B, ...) residual branch.
+        rate: scalar drop probability, a traced value inside the layer scan.
+        key: PRNG key.
+    """
+    keep_prob = 1.0 - rate
+    keep = jax.random.bernoulli(key, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / keep_prob, 0).astype(x.dtype)
 
 
 class StrideSSM(nnx.Module):
@@ -269,17 +259,26 @@ class Mlp(nnx.Module):
 class SasMambaBlock(nnx.Module):
     """Pre-norm residual block (the release's ``BiSTSSMBlock``)."""
 
-    def __init__(self, config: SasMambaConfig, drop_path_rate: float, *, rngs: nnx.Rngs):
+    def __init__(self, config: SasMambaConfig, *, rngs: nnx.Rngs):
         self.norm = _layer_norm(config.dim, 1e-6, config, rngs)
         self.op = StrideSSM(config, rngs=rngs)
         self.norm2 = _layer_norm(config.dim, 1e-6, config, rngs)
         self.mlp = Mlp(config, rngs=rngs)
-        self.drop_path = DropPath(drop_path_rate)
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """(B, T, J, C) -> (B, T, J, C)."""
-        x = x + self.drop_path(self.op(self.norm(x)), rngs=rngs)
-        return x + self.drop_path(self.mlp(self.norm2(x)), rngs=rngs)
+    def __call__(
+        self, x: jax.Array, drop_rate: jax.Array | float = 0.0, drop_keys: jax.Array | None = None
+    ) -> jax.Array:
+        """(B, T, J, C) -> (B, T, J, C).
+
+        ``drop_keys``: (2,) keys, one per residual branch, for DropPath at
+        ``drop_rate``; None runs both branches whole.
+        """
+
+        def residual(branch, index):
+            return branch if drop_keys is None else drop_path(branch, drop_rate, drop_keys[index])
+
+        x = x + residual(self.op(self.norm(x)), 0)
+        return x + residual(self.mlp(self.norm2(x)), 1)
 
 
 class SasMamba(nnx.Module):
@@ -291,14 +290,19 @@ class SasMamba(nnx.Module):
         self.joint_embed = _linear(config.in_chans, c, use_bias=True, config=config, rngs=rngs)
         self.joint_pos_embed = nnx.Param(jnp.zeros((config.num_joints, c), jnp.float32))
         self.frame_pos_embed = nnx.Param(jnp.zeros((config.num_frames, c), jnp.float32))
-        rates = np.linspace(0.0, config.drop_path_rate, config.depth)
-        self.spatial_blocks = nnx.List([SasMambaBlock(config, float(rate), rngs=rngs) for rate in rates])
-        self.temporal_blocks = nnx.List([SasMambaBlock(config, float(rate), rngs=rngs) for rate in rates])
+        self.spatial_blocks = nnx.List([SasMambaBlock(config, rngs=rngs) for _ in range(config.depth)])
+        self.temporal_blocks = nnx.List([SasMambaBlock(config, rngs=rngs) for _ in range(config.depth)])
         # One norm of each kind, shared by every layer, as in the release.
         self.spatial_norm = _layer_norm(c, 1e-6, config, rngs)
         self.temporal_norm = _layer_norm(c, 1e-6, config, rngs)
         self.head_norm = _layer_norm(c, 1e-5, config, rngs)
         self.head = _linear(c, 3, use_bias=True, config=config, rngs=rngs)
+        self.deterministic = False
+
+    def set_view(self, deterministic: bool | None = None):
+        """Lets ``nnx.view(model, deterministic=...)`` switch DropPath off or on."""
+        if deterministic is not None:
+            self.deterministic = deterministic
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Lifts a batch of clips.
@@ -315,58 +319,60 @@ class SasMamba(nnx.Module):
         num_frames = x.shape[1]
         h = self.joint_embed(x.astype(dtype)) + self.joint_pos_embed[...].astype(dtype)
         positions = self.frame_pos_embed[...][:num_frames, None].astype(dtype)
-        layers = []
-        for i, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
-            layers.append(_Layer(spatial, self.spatial_norm, positions if i == 0 else None))
-            layers.append(_Layer(temporal, self.temporal_norm, None))
-        keys = [rngs.dropout() for _ in layers] if rngs is not None else None
-        run = _run_layers_rematerialised if self.config.remat else _run_layers
-        h = run(layers, h, keys)
+        keys = None
+        if not self.deterministic and self.config.drop_path_rate > 0:
+            if rngs is None:
+                raise ValueError("DropPath in training mode needs rngs with a 'dropout' stream")
+            keys = jax.random.split(rngs.dropout(), (2 * self.config.depth, 2))
+        h = self._run_layers(h, positions, keys)
         return self.head(self.head_norm(h)).astype(jnp.float32)
 
+    def _run_layers(self, h: jax.Array, positions: jax.Array, keys: jax.Array | None) -> jax.Array:
+        """The 2 * depth layers (spatial block, temporal block, spatial, ...) as one ``lax.scan``.
 
-@dataclasses.dataclass(frozen=True)
-class _Layer:
-    """One block, the shared norm after it, and the frame positions added after that (first layer only)."""
+        A layer is a block, the shared norm of its kind after it, and after the
+        first layer the frame positions. Every block has the same structure,
+        so the layers' parameters are stacked and the compiler sees one layer
+        instead of 2 * depth: a TPU compile of the published training step
+        takes minutes when unrolled. With ``remat`` the body is checkpointed:
+        only each layer's input is stored, and the backward loop recomputes
+        one layer's activations at a time.
 
-    block: SasMambaBlock
-    norm: nnx.LayerNorm
-    positions: jax.Array | None
+        Args:
+            h: (B, T, J, C) embedded input.
+            positions: (T, 1, C) frame position embedding.
+            keys: (2 * depth, 2) DropPath keys, None for no DropPath.
 
-    def __call__(self, h: jax.Array, key: jax.Array | None) -> jax.Array:
-        h = self.norm(self.block(h, rngs=None if key is None else nnx.Rngs(dropout=key)))
-        return h if self.positions is None else h + self.positions
+        Returns:
+            (B, T, J, C).
+        """
+        blocks = [block for pair in zip(self.spatial_blocks, self.temporal_blocks) for block in pair]
+        norms = [self.spatial_norm, self.temporal_norm] * self.config.depth
+        block_def, norm_def = nnx.graphdef(blocks[0]), nnx.graphdef(norms[0])
+        rates = np.repeat(np.linspace(0.0, self.config.drop_path_rate, self.config.depth), 2)
+        layer_inputs = (
+            _stack([nnx.state(block) for block in blocks]),
+            _stack([nnx.state(norm) for norm in norms]),
+            jnp.asarray(rates, jnp.float32),
+            keys,
+            jnp.arange(len(blocks)) == 0,
+        )
+
+        def layer(h, inputs):
+            block_state, norm_state, rate, layer_keys, is_first = inputs
+            h = nnx.merge(norm_def, norm_state)(nnx.merge(block_def, block_state)(h, rate, layer_keys))
+            return jnp.where(is_first, h + positions, h), None
+
+        if self.config.remat:
+            # A loop body cannot be hoisted, so no CSE barrier is needed.
+            layer = jax.checkpoint(layer, prevent_cse=False)
+        h, _ = jax.lax.scan(layer, h, layer_inputs)
+        return h
 
 
-def _run_layers(layers: list[_Layer], h: jax.Array, keys: list[jax.Array] | None) -> jax.Array:
-    """The layers one after another; ``keys``: one DropPath key per layer, None in eval mode."""
-    for i, layer in enumerate(layers):
-        h = layer(h, None if keys is None else keys[i])
-    return h
-
-
-def _run_layers_rematerialised(layers: list[_Layer], h: jax.Array, keys: list[jax.Array] | None) -> jax.Array:
-    """The layers as one ``lax.scan`` whose body, under ``jax.checkpoint``, runs layer i by ``lax.switch``.
-
-    Only each layer's input is stored; the backward loop recomputes one
-    layer's activations at a time, so training memory is about one layer's
-    worth on every platform. ``jax.checkpoint`` on straight-line code is only a
-    hint that XLA:CPU's scheduler undoes by recomputing early; a loop body
-    cannot be hoisted.
-    """
-    dropout = keys is not None
-
-    def branch(layer):
-        return lambda h, key: layer(h, key if dropout else None)
-
-    @jax.checkpoint
-    def body(h, inputs):
-        index, key = inputs
-        return jax.lax.switch(index, [branch(layer) for layer in layers], h, key), None
-
-    key_stack = jnp.stack(keys) if dropout else jnp.zeros(len(layers))
-    h, _ = jax.lax.scan(body, h, (jnp.arange(len(layers)), key_stack))
-    return h
+def _stack(states: list[nnx.State]) -> nnx.State:
+    """Same-structured states stacked leaf by leaf on a new leading axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 def check_input_shape(shape: tuple[int, ...], config: SasMambaConfig) -> None:

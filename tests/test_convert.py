@@ -271,7 +271,7 @@ def test_build_model_uses_the_given_params():
     model = checkpoint.build_model(config, params)
     _assert_same_params(checkpoint.params_of(model), params)
     assert model.config == config
-    assert all(block.drop_path.deterministic for block in model.spatial_blocks)
+    assert model.deterministic
 
 
 # ---------------------------------------------------------------------------

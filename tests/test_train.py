@@ -258,7 +258,7 @@ def test_train_state_round_trips_through_orbax(tmp_path, release, release_run, r
         assert got.sharding == wanted_sharding, path
 
     model = train_lib.model_from_state(restored)
-    assert all(block.drop_path.deterministic for block in model.spatial_blocks)
+    assert model.deterministic
     model_params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(np.array_equal(a, b) for a, b in zip(model_params, jax.tree.leaves(restored.params)))
     np.testing.assert_allclose(predict(model, release["x1"]), release["pred1"], rtol=0, atol=ATOL)
