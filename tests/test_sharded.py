@@ -141,7 +141,10 @@ def _child_main(output_path):
         model = train_lib.create_model(run_config)
         devices = jax.devices()[: data * fsdp]
         mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
-        state = _train_on_mesh(run_config, model, mesh, batches, record, name)
+        # As train_and_evaluate runs it: ops that split themselves over the
+        # batch (deformable conv, Pallas scan) see the mesh.
+        with jax.set_mesh(mesh):
+            state = _train_on_mesh(run_config, model, mesh, batches, record, name)
         if name == "data2_fsdp4":
             orbax_dir = os.path.join(os.path.dirname(output_path), "orbax")
             _orbax_round_trip(state, loader.get_state(), orbax_dir, record)

@@ -15,6 +15,8 @@ of its four integer corners contributes only if it lies inside the grid.
 import jax
 import jax.numpy as jnp
 
+from sasmamba_jax.ops.batch_split import split_over_batch
+
 
 def deform_conv2d_depthwise(
     x: jax.Array,
@@ -43,21 +45,34 @@ def deform_conv2d_depthwise(
         raise ValueError(
             f"offsets must be {(batch, height, width, 2 * k * k)} for a {k}x{k} kernel, got {offsets.shape}"
         )
+    out = split_over_batch(_deform_conv, (True, True, False))(x, offsets, weight)
+    return (out + bias).astype(x.dtype)
+
+
+def _deform_conv(x: jax.Array, offsets: jax.Array, weight: jax.Array) -> jax.Array:
+    """``deform_conv2d_depthwise`` without the bias: (B, H, W, E) float32."""
+    batch, height, width, channels = x.shape
+    k = weight.shape[0]
     pad = (k - 1) // 2
     # Sample points and interpolation weights in float32 whatever the compute
     # dtype: bfloat16 cannot even tell row 200 from row 201.
-    offsets = offsets.astype(jnp.float32).reshape(batch, height, width, k * k, 2)
+    offsets = offsets.astype(jnp.float32).reshape(batch, height * width, k * k, 2)
     tap_rows, tap_cols = jnp.divmod(jnp.arange(k * k), k)
-    rows = (jnp.arange(height)[:, None, None] - pad + tap_rows) + offsets[..., 0]
-    cols = (jnp.arange(width)[None, :, None] - pad + tap_cols) + offsets[..., 1]
+    grid_rows, grid_cols = jnp.divmod(jnp.arange(height * width), width)
+    rows = (grid_rows[:, None] - pad + tap_rows) + offsets[..., 0]
+    cols = (grid_cols[:, None] - pad + tap_cols) + offsets[..., 1]
     indices, corner_weights = _bilinear_corners(rows, cols, height, width)
-    out = _gather_weighted_sum(
-        jnp.reshape(x, (batch * height * width, channels)),
-        indices.reshape(-1, k * k, 4),
-        corner_weights.reshape(-1, k * k, 4),
-        weight.reshape(k * k, channels).astype(jnp.float32),
-    )
-    return (out.reshape(x.shape) + bias).astype(x.dtype)
+    kernel = weight.reshape(k * k, channels).astype(jnp.float32)
+
+    # One sample at a time: libtpu's compile time of a scatter-add grows with
+    # its number of updates. For a v5e chip at B=16, T=243 the whole batch's
+    # backward took 49 s to compile, a loop over its samples 4 s.
+    def sample(inputs):
+        table, sample_indices, sample_weights = inputs
+        return _gather_weighted_sum(table, sample_indices, sample_weights, kernel)
+
+    grids = x.reshape(batch, height * width, channels)
+    return jax.lax.map(sample, (grids, indices, corner_weights)).reshape(x.shape)
 
 
 def _bilinear_corners(rows: jax.Array, cols: jax.Array, height: int, width: int) -> tuple[jax.Array, ...]:
@@ -67,13 +82,13 @@ def _bilinear_corners(rows: jax.Array, cols: jax.Array, height: int, width: int)
     a corner outside it, get weight 0 (and the harmless index 0).
 
     Args:
-        rows: (B, *S) fractional row of each point.
-        cols: (B, *S) fractional column of each point.
+        rows: (*S) fractional row of each point.
+        cols: (*S) fractional column of each point.
         height, width: the grid's size.
 
     Returns:
-        indices (B, *S, 4) int32 into the (B * height * width) flattened grid,
-        and weights (B, *S, 4) float32, corners in the order (r, c), (r, c + 1),
+        indices (*S, 4) int32 into the (height * width) flattened grid, and
+        weights (*S, 4) float32, corners in the order (r, c), (r, c + 1),
         (r + 1, c), (r + 1, c + 1) with r, c the floor of the point.
     """
     inside = (rows > -1) & (rows < height) & (cols > -1) & (cols < width)
@@ -83,7 +98,6 @@ def _bilinear_corners(rows: jax.Array, cols: jax.Array, height: int, width: int)
     frac_col = cols - col0
     row0 = row0.astype(jnp.int32)
     col0 = col0.astype(jnp.int32)
-    sample_offset = (jnp.arange(rows.shape[0]) * height * width).reshape((-1,) + (1,) * (rows.ndim - 1))
     corners = (
         (row0, col0, (1 - frac_row) * (1 - frac_col)),
         (row0, col0 + 1, (1 - frac_row) * frac_col),
@@ -93,7 +107,7 @@ def _bilinear_corners(rows: jax.Array, cols: jax.Array, height: int, width: int)
     indices, weights = [], []
     for row, col, corner_weight in corners:
         valid = inside & (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        indices.append(jnp.where(valid, sample_offset + row * width + col, 0))
+        indices.append(jnp.where(valid, row * width + col, 0))
         weights.append(jnp.where(valid, corner_weight, 0.0))
     return jnp.stack(indices, axis=-1), jnp.stack(weights, axis=-1)
 
@@ -113,7 +127,7 @@ def _gather_weighted_sum(table, indices, corner_weights, kernel):
     """out[s] = sum_{p, c} corner_weights[s, p, c] * kernel[p] * table[indices[s, p, c]].
 
     Args:
-        table: (R, E) flattened grid.
+        table: (R, E) one sample's flattened grid.
         indices: (S, P, 4) rows of ``table`` each output point reads per tap.
         corner_weights: (S, P, 4) float32 bilinear weights.
         kernel: (P, E) float32 per-channel tap weights.
@@ -123,8 +137,8 @@ def _gather_weighted_sum(table, indices, corner_weights, kernel):
     """
 
     # One tap at a time: gathering every tap at once stores (S, P, 4, E)
-    # values, 36x the input (1.2 GB per block at B=16, T=243), as XLA does
-    # not fuse a gather into the reduction that consumes it.
+    # values, 36x the input, as XLA does not fuse a gather into the
+    # reduction that consumes it.
     def add_tap(out, tap):
         tap_indices, tap_weights, tap_kernel = tap
         sampled = (tap_weights[..., None] * _gather(table, tap_indices)).sum(axis=1)

@@ -17,12 +17,8 @@ computed by
 Both save only the state entering each tile or chunk for the backward pass
 (a ``jax.custom_vjp``), which recomputes a tile's states on chip.
 
-XLA cannot split a Pallas kernel across devices by itself (Mosaic refuses
-to; a Triton call would be gathered whole onto every device), so under a
-mesh (``jax.set_mesh``, as the trainer sets it) the op is a ``shard_map``
-over the batch, split across every mesh axis as the project's batches are
-(``sharding.DATA_AXES``); autodiff sums the shared parameters' gradients
-across devices.
+XLA cannot split a Pallas kernel across devices by itself, so under a mesh
+the op runs on each device's slice of the batch (``batch_split``).
 """
 
 import functools
@@ -30,12 +26,14 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 from sasmamba_jax.ops import pallas_scan_gpu, pallas_scan_tpu
+from sasmamba_jax.ops.batch_split import split_over_batch
 
 Kernel = Literal["tpu", "gpu"]
 KERNELS = ("tpu", "gpu")
+# Which of (u, delta, A, B, C, D, delta_bias) carry the batch on axis 0.
+_BATCHED = (True, True, False, True, True, False, False)
 
 
 def selective_scan(u, delta, A, B, C, D, delta_bias, *, kernel: Kernel | None = None):
@@ -65,29 +63,8 @@ def selective_scan(u, delta, A, B, C, D, delta_bias, *, kernel: Kernel | None = 
         branches = dict(cuda=functools.partial(_gpu_scan, False), default=functools.partial(_gpu_scan, True))
     else:
         raise ValueError(f"unknown Pallas scan kernel {kernel!r}; expected one of {KERNELS}")
-    branches = {platform: _split_over_batch(scan) for platform, scan in branches.items()}
+    branches = {platform: split_over_batch(scan, _BATCHED) for platform, scan in branches.items()}
     return jax.lax.platform_dependent(u, delta, A, B, C, D, delta_bias, **branches)
-
-
-def _split_over_batch(scan):
-    """``scan`` on each device's slice of the batch, under the context's mesh (if any)."""
-
-    def split(u, delta, A, B, C, D, delta_bias):
-        mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty:
-            return scan(u, delta, A, B, C, D, delta_bias)
-        batch, whole = PartitionSpec(mesh.axis_names), PartitionSpec()
-        # check_vma=False: pallas_call's outputs carry no varying-axes type.
-        # Autodiff still sums the replicated operands' cotangents (A, D,
-        # delta_bias) over the devices.
-        return jax.shard_map(
-            scan,
-            in_specs=(batch, batch, whole, batch, batch, whole, whole),
-            out_specs=batch,
-            check_vma=False,
-        )(u, delta, A, B, C, D, delta_bias)
-
-    return split
 
 
 # --- TPU: the kernels take the model's layout and compute the whole op. ---
