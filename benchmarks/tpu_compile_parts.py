@@ -1,11 +1,12 @@
-"""Where a TPU compile's time goes: the model's parts compiled for one v5e chip, no TPU needed.
+"""Where a TPU compile's time goes: parts of the published model compiled for one v5e chip, no TPU needed.
 
     python benchmarks/tpu_compile_parts.py
 
-Compiles (libtpu, deviceless) forward+backward of: a small SasMamba (dim 32,
-9 frames, one layer per stack) with the pallas and the sequential scan; one
-depthwise deformable convolution and one stride scan at that model's sizes;
-the Pallas selective scan at the published training size. Prints each
+Compiles (libtpu, deviceless) at the published training size (B=16, T=243,
+dim 64, scan=pallas): the model's forward at depth 5 and 1 (its layers are
+one loop, so depth should not matter), one block's forward alone and
+followed by a LayerNorm, and forward+backward of one deformable
+convolution, one stride scan and the Pallas selective scan. Prints each
 compile's wall time, side by side in one run.
 """
 
@@ -21,8 +22,13 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from sasmamba_jax.model import SasMamba, SasMambaConfig  # noqa: E402
+from sasmamba_jax.model import SasMamba, SasMambaBlock, SasMambaConfig  # noqa: E402
 from sasmamba_jax.ops import deform_conv2d_depthwise, selective_scan, stride_scan  # noqa: E402
+
+BATCH, FRAMES, JOINTS, DIM = 16, 243, 17, 64
+INNER = 2 * DIM
+LENGTH = FRAMES * JOINTS
+F32 = jnp.float32
 
 
 def compile_seconds(fn, shapes, sharding):
@@ -32,21 +38,41 @@ def compile_seconds(fn, shapes, sharding):
     return time.perf_counter() - start
 
 
-def model_gradient(scan, frames=9):
-    config = SasMambaConfig(num_frames=frames, depth=1, dim=32, scan=scan)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0))))
+def with_module(make_module, apply, input_shape):
+    """(fn of (x, *parameter leaves), their shapes) for ``apply(module, x)``."""
+    graphdef, state = nnx.split(nnx.eval_shape(make_module))
     leaves, treedef = jax.tree.flatten(state)
 
-    def loss(x, *leaves):
-        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-        return jnp.sum(model(x) ** 2)
+    def fn(x, *leaves):
+        return apply(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), x)
 
-    shapes = [((4, frames, 17, 2), jnp.float32)] + [(leaf.shape, leaf.dtype) for leaf in leaves]
-    return jax.grad(loss, argnums=range(1, len(leaves) + 1)), shapes
+    return fn, [(input_shape, F32)] + [(leaf.shape, leaf.dtype) for leaf in leaves]
 
 
-def squared_sum_gradient(op, num_args):
-    return jax.grad(lambda *args: jnp.sum(op(*args) ** 2), argnums=range(num_args))
+def config(depth):
+    return SasMambaConfig(num_frames=FRAMES, dim=DIM, depth=depth, scan="pallas")
+
+
+def model_forward(depth):
+    return with_module(
+        lambda: SasMamba(config(depth), rngs=nnx.Rngs(0)),
+        lambda m, x: m(x, rngs=nnx.Rngs(dropout=0)),
+        (BATCH, FRAMES, JOINTS, 2),
+    )
+
+
+def block_forward(then_norm):
+    def apply(block, x):
+        y = block(x)
+        return block.norm2(y) if then_norm else y
+
+    return with_module(
+        lambda: SasMambaBlock(config(1), rngs=nnx.Rngs(0)), apply, (BATCH, FRAMES, JOINTS, DIM)
+    )
+
+
+def squared_sum_gradient(op, shapes):
+    return jax.grad(lambda *args: jnp.sum(op(*args) ** 2), argnums=range(len(shapes))), shapes
 
 
 def main():
@@ -59,34 +85,26 @@ def main():
     )
     mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    f32 = jnp.float32
-    batch, frames, joints, channels = 4, 9, 17, 64
-    published = [(16, 4131, 4, 128), (16, 4131, 4, 128), (4, 128, 16), (16, 4131, 4, 16), (16, 4131, 4, 16)]
-    published += [(4, 128), (4, 128)]
+    grid = (BATCH, FRAMES, JOINTS, INNER)
+    scan_shapes = [(BATCH, LENGTH, 4, INNER)] * 2 + [(4, INNER, 16)] + [(BATCH, LENGTH, 4, 16)] * 2
+    scan_shapes += [(4, INNER), (4, INNER)]
     parts = {
-        "model fwd+bwd, scan=pallas": model_gradient("pallas"),
-        "model fwd+bwd, scan=sequential": model_gradient("sequential"),
-        "deformable conv fwd+bwd": (
-            squared_sum_gradient(deform_conv2d_depthwise, 4),
-            [
-                ((batch, frames, joints, channels), f32),
-                ((batch, frames, joints, 18), f32),
-                ((3, 3, channels), f32),
-                ((channels,), f32),
-            ],
+        "model forward, depth 5 (published)": model_forward(5),
+        "model forward, depth 1": model_forward(1),
+        "one block forward": block_forward(then_norm=False),
+        "one block forward, then a LayerNorm": block_forward(then_norm=True),
+        "deformable conv fwd+bwd": squared_sum_gradient(
+            deform_conv2d_depthwise, [(grid, F32), (grid[:3] + (18,), F32), ((3, 3, INNER), F32), ((INNER,), F32)]
         ),
-        "stride scan fwd+bwd": (
-            squared_sum_gradient(stride_scan, 1),
-            [((batch, frames, joints, channels), f32)],
-        ),
-        "pallas scan fwd+bwd, published size": (
-            squared_sum_gradient(lambda *a: selective_scan(*a, backend="pallas"), 7),
-            [(shape, f32) for shape in published],
+        "stride scan fwd+bwd": squared_sum_gradient(stride_scan, [(grid, F32)]),
+        "pallas selective scan fwd+bwd": squared_sum_gradient(
+            lambda *a: selective_scan(*a, backend="pallas"), [(shape, F32) for shape in scan_shapes]
         ),
     }
-    print("deviceless compile for v5e:1x1, wall seconds")
-    for name, (fn, shapes) in parts.items():
-        print(f"{name:<40}{compile_seconds(fn, shapes, replicated):>8.1f}", flush=True)
+    print("deviceless compile for v5e:1x1 at B=16, T=243, dim 64, wall seconds")
+    with jax.set_mesh(mesh):
+        for name, (fn, shapes) in parts.items():
+            print(f"{name:<40}{compile_seconds(fn, shapes, replicated):>8.1f}", flush=True)
 
 
 if __name__ == "__main__":
