@@ -188,7 +188,10 @@ def test_latest_and_best_saved_at_the_same_steps_on_two_processes(tmp_path):
         assert all(map(np.array_equal, saved_by_best, saved_by_latest))
     pair = _param_leaves(checkpoint.load_model(pair_dir))
     single = _param_leaves(checkpoint.load_model(single_dir))
-    assert _max_difference(pair, single) <= 1e-5
+    # Six steps of rounding apart (1.5e-5 measured since the deformable conv
+    # sums its kernel's gradient across devices in its shard_map); a lost or
+    # doubled reduction would move parameters by about lr = 5e-4 per step.
+    assert _max_difference(pair, single) <= 5e-5
     assert f'"steps": {SAME_STEP_STEPS}' in (pair_dir / "results.json").read_text()
 
 
