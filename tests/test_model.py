@@ -237,6 +237,7 @@ def test_mac_count_by_hand_for_one_block():
     assert total["total"] == sum(v for k, v in total.items() if k != "total")
 
 
+@pytest.mark.slow
 def test_remat_trains_identically():
     """Rematerialised blocks give the same loss and gradients, DropPath included."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 9, 17, 2)), jnp.float32)
@@ -266,6 +267,7 @@ def _training_temp_bytes(depth: int, remat: bool) -> int:
     return jax.jit(jax.grad(loss)).lower(state).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_remat_bounds_training_memory_by_one_layer():
     """With remat the gradient's temporaries stay about one layer's worth as depth grows.
 

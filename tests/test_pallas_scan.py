@@ -216,6 +216,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_on_a_mesh_each_device_scans_its_batch_slice():
     """Under jax.set_mesh the kernels run per batch shard and the gradients equal one device's."""
     tests_dir = os.path.dirname(os.path.abspath(__file__))

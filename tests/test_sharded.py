@@ -20,6 +20,9 @@ from configs import common, tiny
 from sasmamba_jax import eval_lib, sharding, train_lib
 from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
 
+# Trains four meshes in a subprocess: minutes, so with the slow checks.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
 STEPS = 3
