@@ -94,7 +94,8 @@ def main():
         "one block forward": block_forward(then_norm=False),
         "one block forward, then a LayerNorm": block_forward(then_norm=True),
         "deformable conv fwd+bwd": squared_sum_gradient(
-            deform_conv2d_depthwise, [(grid, F32), (grid[:3] + (18,), F32), ((3, 3, INNER), F32), ((INNER,), F32)]
+            deform_conv2d_depthwise,
+            [(grid, F32), (grid[:3] + (18,), F32), ((3, 3, INNER), F32), ((INNER,), F32)],
         ),
         "stride scan fwd+bwd": squared_sum_gradient(stride_scan, [(grid, F32)]),
         "pallas selective scan fwd+bwd": squared_sum_gradient(
