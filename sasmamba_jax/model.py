@@ -253,7 +253,12 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., C) -> (..., C), exact (erf) GELU as in the release."""
-        return self.fc2(nnx.gelu(self.fc1(x), approximate=False))
+        hidden = nnx.gelu(self.fc1(x), approximate=False)
+        # libtpu fuses erf's polynomial into fc2's matmul and the LayerNorm
+        # after it, fails to compile that fusion twice and retries: 50 s of a
+        # v5e compile per block. Kept apart, the hidden activation is written
+        # once more to HBM and nothing else changes.
+        return self.fc2(jax.lax.optimization_barrier(hidden))
 
 
 class SasMambaBlock(nnx.Module):
