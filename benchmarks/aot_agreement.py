@@ -26,6 +26,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
 from sasmamba_jax import aot, sharding, step_memory, train_lib  # noqa: E402
 
 TOLERANCE = 0.10

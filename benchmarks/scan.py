@@ -121,9 +121,8 @@ def bench_model(args):
         model = nnx.jit(lambda config=config: SasMamba(config, rngs=nnx.Rngs(0)))()
         model.eval()
         times[backend] = best_time(predict, model, x, repeats=args.repeats)
-        print(
-            f"{label(backend):<20}{times[backend]:>8.3f} s  ({times[backend] / times['sequential']:.2f}x sequential)"
-        )
+        ratio = times[backend] / times["sequential"]
+        print(f"{label(backend):<20}{times[backend]:>8.3f} s  ({ratio:.2f}x sequential)")
 
 
 def main():

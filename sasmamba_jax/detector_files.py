@@ -131,9 +131,7 @@ def _track_id(value, where: str) -> int:
 def _layout_of(detections: list[_Detection], file_format: str) -> tuple[str, int]:
     """The layout every detection shares; each must have 3 numbers per keypoint of it."""
     layouts = _LAYOUTS_BY_COUNT[file_format]
-    expected = " or ".join(
-        f"{count} ({keypoints.LAYOUTS[name].title})" for count, name in layouts.items()
-    )
+    expected = " or ".join(f"{count} ({keypoints.LAYOUTS[name].title})" for count, name in layouts.items())
     first = detections[0]
     count, remainder = divmod(len(first.values), 3)
     if remainder or count not in layouts:

@@ -127,9 +127,7 @@ class KeypointLayout:
         return len(self.joint_names)
 
 
-def _layout(
-    name: str, title: str, joint_names: tuple[str, ...], **formulas: Sequence[str]
-) -> KeypointLayout:
+def _layout(name: str, title: str, joint_names: tuple[str, ...], **formulas: Sequence[str]) -> KeypointLayout:
     """A layout whose Human3.6M joints are the keypoints of the same name unless `formulas` says otherwise."""
     sources = []
     for joint in skeleton.JOINT_NAMES:

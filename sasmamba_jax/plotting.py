@@ -131,6 +131,8 @@ def _check_people(keypoints_2d, poses_3d, person_ids):
         if not np.isfinite(array[~absent]).all():
             raise ValueError(f"{name} contains NaN or infinite values outside whole absent frames")
     return keypoints_2d, poses_3d, [int(i) for i in person_ids]
+
+
 def _check_frame(frame, num_frames: int) -> int:
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
         raise ValueError(f"frame must be an integer, got {frame!r}")

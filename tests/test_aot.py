@@ -6,7 +6,6 @@ Every TPU compile here is deviceless (libtpu, no TPU): ``jax.experimental.topolo
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 

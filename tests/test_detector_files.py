@@ -279,9 +279,7 @@ def test_short_tracks_are_reported_and_skipped(people, model_dir):
     detections[0, :, :, :2], detections[0, :, :, 2] = people[0], 0.9
     detections[1, 10:13, :, :2], detections[1, 10:13, :, 2] = people[1, 10:13], 0.9
     with pytest.warns(UserWarning, match=r"fewer than 5 frames: person 7 \(3 frames\)"):
-        lifted = inference.lift_people(
-            model, detections, PERSON_IDS, image_size=IMAGE_SIZE, flip_tta=False
-        )
+        lifted = inference.lift_people(model, detections, PERSON_IDS, image_size=IMAGE_SIZE, flip_tta=False)
     assert lifted.person_ids == (3,) and lifted.skipped_ids == (7,)
     assert lifted.poses_3d.shape == (1, FRAMES, 17, 3)
 

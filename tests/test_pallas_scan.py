@@ -85,7 +85,8 @@ def test_bfloat16_inputs_run_in_float32():
     bf16_step = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(expected), 1e-30))) - 7)
     assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= bf16_step + 1e-5 * np.abs(expected).max())
     grads = jax.eval_shape(
-        jax.grad(lambda *a: selective_scan(*a, backend="pallas").astype(jnp.float32).sum(), range(7)), *bf16_args
+        jax.grad(lambda *a: selective_scan(*a, backend="pallas").astype(jnp.float32).sum(), range(7)),
+        *bf16_args,
     )
     assert [g.dtype for g in grads] == [jnp.bfloat16] * len(INPUT_NAMES)
 
@@ -98,7 +99,15 @@ def test_rejects_an_unknown_kernel():
 
 def _abstract_inputs(sharding=None):
     b, length, k, e, n = PUBLISHED.values()
-    shapes = [(b, length, k, e), (b, length, k, e), (k, e, n), (b, length, k, n), (b, length, k, n), (k, e), (k, e)]
+    shapes = [
+        (b, length, k, e),
+        (b, length, k, e),
+        (k, e, n),
+        (b, length, k, n),
+        (b, length, k, n),
+        (k, e),
+        (k, e),
+    ]
     return [jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding) for shape in shapes]
 
 
@@ -144,7 +153,9 @@ def test_published_size_lowers_for_cuda_to_a_triton_kernel():
     # No array in the program holds every state: the largest are the chunk
     # states, 1 / CHUNK of them.
     b, length, k, e, n = PUBLISHED.values()
-    sizes = [np.prod([int(d) for d in dims.split("x")]) for dims in re.findall(r"tensor<([\dx]+)xf32>", module)]
+    sizes = [
+        np.prod([int(d) for d in dims.split("x")]) for dims in re.findall(r"tensor<([\dx]+)xf32>", module)
+    ]
     assert max(sizes) < b * length * k * e * n / 8
 
 

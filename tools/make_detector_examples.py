@@ -105,7 +105,9 @@ def write_mmpose(path, people, present):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", required=True, help="folder to write the examples into")
     parser.add_argument("--frames", type=int, default=100, help="frames per clip")
     args = parser.parse_args()

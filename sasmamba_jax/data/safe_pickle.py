@@ -82,8 +82,7 @@ def load(file: BinaryIO) -> Any:
 
 def _refusal(path: str, error: RefusedGlobalError) -> UnsafeDataError:
     return UnsafeDataError(
-        f"{path}: {error}: a data file may hold only numpy arrays and plain containers; "
-        "it was not loaded"
+        f"{path}: {error}: a data file may hold only numpy arrays and plain containers; it was not loaded"
     )
 
 

@@ -71,7 +71,9 @@ def resolve_backend(backend: Backend, platform: str | None = None) -> str:
     platform = platform or jax.default_backend()
     platform = _PLATFORM_ALIASES.get(platform, platform)
     if platform not in AUTO_BACKENDS:
-        raise ValueError(f"no scan back end known for platform {platform!r}; expected one of {tuple(AUTO_BACKENDS)}")
+        raise ValueError(
+            f"no scan back end known for platform {platform!r}; expected one of {tuple(AUTO_BACKENDS)}"
+        )
     return AUTO_BACKENDS[platform]
 
 
