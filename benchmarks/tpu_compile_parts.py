@@ -4,10 +4,16 @@
 
 Compiles (libtpu, deviceless) at the published training size (B=16, T=243,
 dim 64, scan=pallas): the model's forward at depth 5 and 1 (its layers are
-one loop, so depth should not matter), one block's forward alone and
-followed by a LayerNorm, and forward+backward of one deformable
-convolution, one stride scan and the Pallas selective scan. Prints each
-compile's wall time, side by side in one run.
+one loop, so depth should not matter) and forward+backward at depth 1,
+one block's forward alone and followed by a LayerNorm, and
+forward+backward of one deformable convolution, one stride scan and the
+Pallas selective scan. Prints each compile's wall time, side by side in
+one run.
+
+To see which fusions take the time, run with
+``LIBTPU_INIT_ARGS=--vmodule=lowering_emitter=1``: libtpu then logs each
+fusion's emission time ("XLA::TPU emitting for ...") to
+/tmp/tpu_logs/tpu_driver.INFO.
 """
 
 import os
@@ -71,6 +77,11 @@ def block_forward(then_norm):
     )
 
 
+def parameter_gradient(fn, shapes):
+    """Gradient of sum(fn(x, *leaves)**2) with respect to the leaves, as training takes it."""
+    return jax.grad(lambda *args: jnp.sum(fn(*args) ** 2), argnums=range(1, len(shapes))), shapes
+
+
 def squared_sum_gradient(op, shapes):
     return jax.grad(lambda *args: jnp.sum(op(*args) ** 2), argnums=range(len(shapes))), shapes
 
@@ -91,6 +102,7 @@ def main():
     parts = {
         "model forward, depth 5 (published)": model_forward(5),
         "model forward, depth 1": model_forward(1),
+        "model forward+backward, depth 1": parameter_gradient(*model_forward(1)),
         "one block forward": block_forward(then_norm=False),
         "one block forward, then a LayerNorm": block_forward(then_norm=True),
         "deformable conv fwd+bwd": squared_sum_gradient(

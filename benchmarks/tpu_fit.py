@@ -7,7 +7,8 @@ Each cell is one ``python -m sasmamba_jax.aot`` process (config as shipped,
 plus ``--config.model.scan``, ``--config.model.remat`` and
 ``--config.num_microbatches=1``), so nothing is chosen for it. Cells already
 in ``--output`` (JSON lines) are not compiled again: a long table can be
-built over several runs. Prints the whole table as Markdown.
+built over several runs. Prints the whole table as Markdown: a line per
+config, topology and remat, a column per back end.
 """
 
 import argparse
@@ -62,21 +63,30 @@ def compile_cell(config, topology, scan, remat, timeout):
             return json.load(f)
 
 
+def format_cell(row):
+    if row is None:
+        return ""
+    if "error" in row:
+        return row["error"]
+    gigabytes = row["peak_bytes_per_chip"] / 1e9
+    fit = f"{gigabytes:.2f} GB" if row["fits"] else f"does not fit (at least {gigabytes:.1f} GB)"
+    return f"{fit}, {row['compile_s']:.0f} s"
+
+
 def format_table(rows):
+    """One line per (config, topology, remat), one column per scan back end: peak per chip, compile s."""
+    by_key = {cell_key(row): row for row in rows}
+    scans = list(dict.fromkeys(row["scan"] for row in rows))
     lines = [
-        "| config | topology | scan | remat | peak GB per chip | HBM GB | fits | compile s |",
-        "|---|---|---|---|---:|---:|---|---:|",
+        "| config | topology (HBM per chip) | remat | " + " | ".join(scans) + " |",
+        "|---|---|---|" + "---|" * len(scans),
     ]
-    for row in rows:
-        head = f"| {row['config']} | {row['topology']} | {row['scan']} | {row['remat']} |"
-        if "error" in row:
-            lines.append(f"{head} {row['error']} | | | |")
-            continue
-        bound = "" if row["fits"] else " (at least)"
-        lines.append(
-            f"{head} {row['peak_bytes_per_chip'] / 1e9:.2f}{bound} | {row['hbm_bytes_per_chip'] / 1e9:.2f} | "
-            f"{'yes' if row['fits'] else 'no'} | {row['compile_s']:.0f} |"
-        )
+    for config, topology, remat in dict.fromkeys((r["config"], r["topology"], r["remat"]) for r in rows):
+        cells = [by_key.get((config, topology, scan, remat)) for scan in scans]
+        hbm = next((c["hbm_bytes_per_chip"] for c in cells if c and "hbm_bytes_per_chip" in c), None)
+        place = f"{topology} ({hbm / 1e9:.2f} GB)" if hbm else topology
+        row = [config, place, "on" if remat else "off"] + [format_cell(c) for c in cells]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
