@@ -26,8 +26,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
 
+from sasmamba_jax.aot import topology_devices  # noqa: E402
 from sasmamba_jax.model import SasMamba, SasMambaBlock, SasMambaConfig  # noqa: E402
 from sasmamba_jax.ops import deform_conv2d_depthwise, selective_scan, stride_scan  # noqa: E402
 
@@ -37,8 +37,18 @@ LENGTH = FRAMES * JOINTS
 F32 = jnp.float32
 
 
+def single_v5e_chip():
+    """(mesh, replicated sharding) over one compile-only v5e chip."""
+    mesh = jax.sharding.Mesh(np.array(topology_devices("v5e:1x1")), ("data",))
+    return mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def abstract_args(shapes, sharding):
+    return [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in shapes]
+
+
 def compile_seconds(fn, shapes, sharding):
-    args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in shapes]
+    args = abstract_args(shapes, sharding)
     start = time.perf_counter()
     jax.jit(fn).lower(*args).compile()
     return time.perf_counter() - start
@@ -87,15 +97,7 @@ def squared_sum_gradient(op, shapes):
 
 
 def main():
-    topology = topologies.get_topology_desc(
-        platform="tpu",
-        topology_name="v5e:1x1",
-        chip_config_name="default",
-        chips_per_host_bounds=(1, 1, 1),
-        num_slices=1,
-    )
-    mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    mesh, replicated = single_v5e_chip()
     grid = (BATCH, FRAMES, JOINTS, INNER)
     scan_shapes = [(BATCH, LENGTH, 4, INNER)] * 2 + [(4, INNER, 16)] + [(BATCH, LENGTH, 4, 16)] * 2
     scan_shapes += [(4, INNER), (4, INNER)]

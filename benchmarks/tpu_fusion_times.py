@@ -23,9 +23,7 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ["LIBTPU_INIT_ARGS"] = f"--vmodule=lowering_emitter=1 --log_dir={LOG_DIR}"
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import tpu_compile_parts as parts  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
 
 EMISSION = re.compile(r"emitting for (\S+) time: ([0-9.]+) (us|ms|s|min) ")
 SECONDS_PER_UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
@@ -85,20 +83,12 @@ def main():
     args = parser.parse_args()
     parts.BATCH = args.batch
 
-    topology = topologies.get_topology_desc(
-        platform="tpu",
-        topology_name="v5e:1x1",
-        chip_config_name="default",
-        chips_per_host_bounds=(1, 1, 1),
-        num_slices=1,
-    )
-    mesh = jax.sharding.Mesh(np.array(topology.devices), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    mesh, replicated = parts.single_v5e_chip()
     fn, shapes = parts.parameter_gradient(*parts.model_forward(1))
     dump_dir = os.path.join(LOG_DIR, "hlo")
     with jax.set_mesh(mesh):
-        abstract = [jax.ShapeDtypeStruct(shape, dtype, sharding=replicated) for shape, dtype in shapes]
-        jax.jit(fn).lower(*abstract).compile(compiler_options={"xla_dump_to": dump_dir})
+        lowered = jax.jit(fn).lower(*parts.abstract_args(shapes, replicated))
+        lowered.compile(compiler_options={"xla_dump_to": dump_dir})
 
     (log_path,) = glob.glob(os.path.join(LOG_DIR, "*.INFO.*"))
     with open(log_path) as f:
