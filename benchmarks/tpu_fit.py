@@ -1,6 +1,7 @@
-"""Per-chip peak memory and compile time of the published training steps on TPU topologies, from the aot tool.
+"""Per-chip peak memory and compile time of the published training steps on TPUs and GPUs, from the aot tool.
 
     PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl
+    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl --topologies=h100,t4
     PYTHONPATH=. python benchmarks/tpu_fit.py --configs=small --topologies=v5e:1x1 --scans=pallas
 
 Each cell is one ``python -m sasmamba_jax.aot`` process (config as shipped,
@@ -26,7 +27,9 @@ def parse_args():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--configs", default="small,large")
-    parser.add_argument("--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1")
+    parser.add_argument(
+        "--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1", help="TPU topologies or GPU hosts, e.g. h100,t4"
+    )
     parser.add_argument("--scans", default="pallas,sequential,chunked,associative")
     parser.add_argument("--remats", default="False,True")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per compile")
@@ -78,7 +81,7 @@ def format_table(rows):
     by_key = {cell_key(row): row for row in rows}
     scans = list(dict.fromkeys(row["scan"] for row in rows))
     lines = [
-        "| config | topology (HBM per chip) | remat | " + " | ".join(scans) + " |",
+        "| config | topology (memory per chip) | remat | " + " | ".join(scans) + " |",
         "|---|---|---|" + "---|" * len(scans),
     ]
     for config, topology, remat in dict.fromkeys((r["config"], r["topology"], r["remat"]) for r in rows):

@@ -1,32 +1,37 @@
-"""Will it fit? train.py's step (or the evaluation forward) compiled for a TPU topology, without a TPU.
+"""Will it fit? train.py's step (or the evaluation forward) compiled for a TPU topology or a GPU host, without either.
 
     python -m sasmamba_jax.aot --config=configs/h36m_243.py --topology=v5e:1x1
     python -m sasmamba_jax.aot --config=configs/h36m_243_large.py --topology=v5e:2x2 --json=fit.json
-    python -m sasmamba_jax.aot --config=configs/h36m_243.py --topology=v5e:1x1 --mode=forward --batch=256
+    python -m sasmamba_jax.aot --config=configs/h36m_243.py --topology=h100
+    python -m sasmamba_jax.aot --config=configs/h36m_243.py --topology=t4:2 --mode=forward --batch=256
     python -m sasmamba_jax.aot ... --config.model.scan=sequential --config.model.remat=True
 
 The training step is exactly the one ``train.py`` runs for the config: the
 same mesh (``config.mesh`` over the topology's chips), the same sharding rule,
-the same choice of remat and microbatches for keys left unset
-(``train_lib.resolve_memory_settings``, against the chip's HBM). libtpu
-compiles it for the topology (``jax.experimental.topologies``); nothing runs.
-``--mode=forward`` compiles the evaluation forward (``eval.py``'s, with
-test-time flipping if ``config.eval.flip``) at ``--batch`` clips.
+the same scan back end for ``auto`` (``selective_scan.resolve_backend`` of the
+chips), the same choice of remat and microbatches for keys left unset
+(``train_lib.resolve_memory_settings``, against the chip's memory). XLA's own
+compiler for the hardware compiles it (``sasmamba_jax.targets``: libtpu for a
+TPU, the CUDA plugin for a GPU); nothing runs. ``--mode=forward`` compiles the
+evaluation forward (``eval.py``'s, with test-time flipping if
+``config.eval.flip``) at ``--batch`` clips.
+
+A GPU's memory is what JAX's allocator lets one process use: 75% of the
+card's, or ``XLA_PYTHON_CLIENT_MEM_FRACTION`` of it when that is set.
 
 Prints one line per chip's verdict; ``--json`` writes ``topology``, ``chips``,
 ``device_kind``, ``fits``, ``peak_bytes_per_chip``, ``hbm_bytes_per_chip``,
 ``scan``, ``remat``, ``num_microbatches``, ``compile_s``. Where the compiler
 runs out of HBM, ``peak_bytes_per_chip`` is the requirement its error states
 plus the arguments: a lower bound. Exit status 0 if it fits, 1 if not, 2 for
-a bad flag, topology or mesh, or no libtpu.
+a bad flag, topology or mesh, or no libtpu / CUDA plugin
+(``pip install -r requirements-gpu-aot.txt``).
 """
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -36,12 +41,10 @@ import ml_collections
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sasmamba_jax import cli, eval_lib, sharding, skeleton, step_memory, train_lib
+from sasmamba_jax import cli, eval_lib, sharding, skeleton, step_memory, targets, train_lib
 from sasmamba_jax.ops.selective_scan import resolve_backend
 
 MODES = ("train", "forward")
-# A TPU topology name as libtpu takes it: generation, then chips per axis.
-_TOPOLOGY_NAME = re.compile(r"^v\d+[a-z]*:\d+(x\d+){1,2}$")
 JSON_KEYS = (
     "topology",
     "chips",
@@ -57,7 +60,7 @@ JSON_KEYS = (
 
 
 class AotError(ValueError):
-    """A topology, mesh or installation this tool cannot compile for."""
+    """A mode or mesh this tool cannot compile (a topology's errors are ``targets.TargetError``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,38 +86,6 @@ class Report:
             f"scan={self.scan}, remat={self.remat}, num_microbatches={self.num_microbatches}; "
             f"compiled in {self.compile_s:.1f} s"
         )
-
-
-def topology_devices(topology: str) -> list[jax.Device]:
-    """The compile-only devices of a TPU topology (e.g. "v5e:1x1", "v5e:2x2", "v5p:2x2x1", "v6e:2x2").
-
-    Raises:
-        AotError: libtpu missing, or a topology it does not know.
-    """
-    if importlib.util.find_spec("libtpu") is None:
-        raise AotError('compiling for a TPU needs libtpu: pip install "jax[tpu]==0.10.2"')
-    if not _TOPOLOGY_NAME.match(topology):
-        raise AotError(f"unknown topology {topology!r}; expected GENERATION:CHIPS, e.g. v5e:1x1, v5p:2x2x1")
-    # Where libtpu is loaded for the first time: it reads these then. No
-    # metadata server to ask (this is not a TPU VM), and no claim on the
-    # machine's one-TPU-user lock, which other JAX processes may hold.
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from jax.experimental import topologies
-
-    try:
-        # One chip per host: the per-chip program is the same however the
-        # chips are grouped into hosts, and every slice shape divides by it.
-        description = topologies.get_topology_desc(
-            platform="tpu",
-            topology_name=topology,
-            chip_config_name="default",
-            chips_per_host_bounds=(1, 1, 1),
-            num_slices=1,
-        )
-    except jax.errors.JaxRuntimeError as e:
-        raise AotError(f"unknown topology {topology!r}: {str(e).splitlines()[0]}") from None
-    return list(description.devices)
 
 
 def _mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> jax.sharding.Mesh:
@@ -167,17 +138,19 @@ def compile_for_topology(
     """Compiles the config's training step (or forward at ``batch`` clips) for ``topology``.
 
     Raises:
-        AotError: as ``topology_devices``, or a mesh the chips cannot form.
+        targets.TargetError: as ``targets.topology_devices``.
+        AotError: an unknown mode, or a mesh the chips cannot form.
     """
     if mode not in MODES:
         raise AotError(f"unknown mode {mode!r}; expected one of {MODES}")
-    devices = topology_devices(topology)
+    devices = targets.topology_devices(topology)
     mesh = _mesh(config, devices)
     hbm = step_memory.device_memory_bytes(devices[0])
     record = {}
-    # As train.py and eval.py run them: the Pallas scan splits its kernels
-    # over the context's mesh.
-    with jax.set_mesh(mesh):
+    # As train.py and eval.py run them: the scan's back end ("auto") is the
+    # one for the mesh's devices, and the Pallas scan splits its kernels over
+    # the mesh.
+    with jax.set_mesh(mesh), targets.persistent_cache_for(devices):
         if mode == "train":
             config, choice = train_lib.resolve_memory_settings(
                 config, mesh, hbm, peak_bytes=lambda candidate: _train_peak(candidate, mesh, record)
@@ -195,7 +168,7 @@ def compile_for_topology(
         fits=peak <= hbm,
         peak_bytes_per_chip=int(peak),
         hbm_bytes_per_chip=int(hbm),
-        scan=resolve_backend(config.model.scan, "tpu"),
+        scan=resolve_backend(config.model.scan, devices[0]),
         remat=bool(config.model.remat),
         num_microbatches=int(config.num_microbatches),
         compile_s=round(record["compile_s"], 2),
@@ -230,7 +203,12 @@ def _stderr_kept_back():
 
 
 _CONFIG = cli.define_config_file("config", None, "Training config file (e.g. configs/h36m_243.py).")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:1x1, v5e:2x2, v5p:2x2x1, v6e:2x2.")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology",
+    None,
+    "A TPU topology (v5e:1x1, v5e:2x2, v5p:2x2x1, v6e:2x2) or one host of NVIDIA GPUs, CARD[:N] "
+    f"with CARD one of {', '.join(targets.GPU_CARDS)} (h100, h100:8).",
+)
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "train: the training step; forward: the eval forward.")
 _BATCH = flags.DEFINE_integer("batch", None, "Clips per forward (--mode=forward); default eval.batch_size.")
 _JSON = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
@@ -239,7 +217,9 @@ flags.mark_flags_as_required(["config", "topology"])
 
 def main(argv):
     del argv
-    # Compiling for a topology needs no local accelerator.
+    # Compiling for a topology needs no local accelerator. Set before jax
+    # starts a backend: the CUDA plugin is then registered for compiling only,
+    # without its cuInit check (which fails, loudly, on a host with no GPU).
     jax.config.update("jax_platforms", "cpu")
     config = cli.config_value(_CONFIG)
     try:

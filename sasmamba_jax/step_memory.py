@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from sasmamba_jax import targets
+
 GiB = 2**30
 # HBM per device as XLA's TPU compiler counts it (its out-of-memory message
 # says "exceeds available HBM (15.75G)" for v5e; tests/test_aot.py checks each
@@ -85,9 +87,13 @@ def required_bytes(error: Exception) -> tuple[int, int] | None:
 
 
 def device_memory_bytes(device: jax.Device) -> int | None:
-    """Memory one device can give a program: its ``bytes_limit``, else HBM_BYTES_BY_DEVICE_KIND.
+    """Memory one device can give a program: its ``bytes_limit``, else the device kind's.
 
-    None for a CPU, whose programs share the host's memory with everything else.
+    A TPU kind's is HBM_BYTES_BY_DEVICE_KIND; a GPU card's (one of
+    ``targets.GPU_CARDS``) is what JAX's allocator takes of it
+    (``targets.gpu_memory_bytes``: 75%, or XLA_PYTHON_CLIENT_MEM_FRACTION),
+    as a real GPU's ``bytes_limit`` says. None for a CPU, whose programs share
+    the host's memory with everything else.
     """
     if device.platform == "cpu":
         return None
@@ -97,12 +103,15 @@ def device_memory_bytes(device: jax.Device) -> int | None:
         stats = None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    if device.device_kind not in HBM_BYTES_BY_DEVICE_KIND:
+    if device.device_kind in HBM_BYTES_BY_DEVICE_KIND:
+        return HBM_BYTES_BY_DEVICE_KIND[device.device_kind]
+    gpu_bytes = targets.gpu_memory_bytes(device.device_kind)
+    if gpu_bytes is None:
         raise ValueError(
-            f"memory of a {device.device_kind!r} device unknown; "
-            f"known kinds: {sorted(HBM_BYTES_BY_DEVICE_KIND)}"
+            f"memory of a {device.device_kind!r} device unknown; known kinds: "
+            f"{sorted(HBM_BYTES_BY_DEVICE_KIND) + targets.gpu_device_kinds()}"
         )
-    return HBM_BYTES_BY_DEVICE_KIND[device.device_kind]
+    return gpu_bytes
 
 
 @dataclasses.dataclass(frozen=True)

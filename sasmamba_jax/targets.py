@@ -17,6 +17,8 @@ backend): the plugin's start-up check calls cuInit, which fails without a
 driver, and the plugin is then not registered.
 """
 
+import contextlib
+import dataclasses
 import functools
 import importlib.resources
 import importlib.util
@@ -24,6 +26,7 @@ import os
 import re
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 GPU_CARDS = ("a100", "b200", "h100", "h200", "l4", "t4", "v100")
 # What JAX's GPU allocator lets one process use unless
@@ -41,6 +44,57 @@ GPU_AOT_INSTALL = "pip install -r requirements-gpu-aot.txt"
 
 class TargetError(ValueError):
     """A topology or installation that cannot be compiled for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a program is compiled for, as far as choosing its kernels goes.
+
+    Attributes:
+        platform: "cpu", "tpu", "cuda" (an NVIDIA GPU) or "rocm" (an AMD GPU),
+            as ``jax.lax.platform_dependent`` names them.
+        device_kind: e.g. "TPU v5 lite", "NVIDIA H100 80GB HBM3", "Tesla T4".
+        compute_capability: (major, minor) of an NVIDIA GPU, else None.
+    """
+
+    platform: str
+    device_kind: str
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def supports_triton(self) -> bool:
+        """Whether XLA compiles Triton kernels (Pallas on GPUs) for it: compute capability 8.0 and up."""
+        capability = self.compute_capability
+        return capability is not None and capability >= TRITON_MIN_COMPUTE_CAPABILITY
+
+
+def target_of(device) -> Target:
+    """The ``Target`` of a ``jax.Device`` (real or compile-only) or of a mesh's ``AbstractDevice``."""
+    if device.platform != "gpu":
+        return Target(device.platform, device.device_kind)
+    if isinstance(device, jax.Device):
+        capability = compute_capability(device)
+    else:  # an abstract device names its kind only
+        capability = _compute_capability_of_kind(device.device_kind)
+    return Target("cuda" if capability else "rocm", device.device_kind, capability)
+
+
+def current_target() -> Target:
+    """The target of a program traced now: the mesh in context's devices, else jax's default device.
+
+    The mesh is the one ``jax.set_mesh`` (or an enclosing ``shard_map``) puts
+    in context, so compile-only devices count: a program traced under
+    ``jax.set_mesh`` of an ``h100`` mesh targets an H100 on any host. Both are
+    part of jax's tracing cache key, so a program traced for one target is
+    never reused for another.
+    """
+    abstract_device = jax.sharding.get_abstract_mesh().abstract_device
+    if abstract_device is not None:
+        return target_of(abstract_device)
+    default = jax.config.jax_default_device
+    if isinstance(default, str):
+        default = jax.devices(default)[0]
+    return target_of(default or jax.devices()[0])
 
 
 def topology_devices(topology: str) -> list[jax.Device]:
@@ -109,6 +163,28 @@ def gpu_devices(card: str, count: int = 1) -> list[jax.Device]:
     return list(description.devices)
 
 
+@contextlib.contextmanager
+def persistent_cache_for(devices: list[jax.Device]):
+    """Compiles inside skip the persistent compilation cache when ``devices`` are compile-only GPUs.
+
+    An executable a CUDA compile writes there cannot be read back ("PjRtCompiler
+    must be constructed with a Client"): a later compile of the same program
+    warns and compiles again. jax decides once per process whether to use the
+    cache, so the decision is reset on the way in and out.
+    """
+    if devices[0].platform != "gpu":
+        yield
+        return
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
+
+
 @functools.cache
 def gpu_target_config(card: str) -> str:
     """The GpuTargetConfig text proto of ``card`` (one of ``GPU_CARDS``), as get_topology_desc takes it."""
@@ -117,14 +193,33 @@ def gpu_target_config(card: str) -> str:
     return importlib.resources.files("sasmamba_jax").joinpath(f"gpu_targets/{card}.textproto").read_text()
 
 
+def _card_field(card: str, pattern: str) -> str:
+    return re.search(pattern, gpu_target_config(card), re.MULTILINE)[1]
+
+
+def _card_device_kind(card: str) -> str:
+    return _card_field(card, r'^device_description_str: "(.*)"$')
+
+
 @functools.cache
 def _card_memory_by_device_kind() -> dict[str, int]:
-    memory = {}
-    for card in GPU_CARDS:
-        config = gpu_target_config(card)
-        name = re.search(r'^device_description_str: "(.*)"$', config, re.MULTILINE)[1]
-        memory[name] = int(re.search(r"device_memory_size: (\d+)", config)[1])
-    return memory
+    return {_card_device_kind(card): int(_card_field(card, r"device_memory_size: (\d+)")) for card in GPU_CARDS}
+
+
+@functools.cache
+def _card_capability_by_device_kind() -> dict[str, tuple[int, int]]:
+    return {
+        _card_device_kind(card): (
+            int(_card_field(card, r"^\s*major: (\d+)")),
+            int(_card_field(card, r"^\s*minor: (\d+)")),
+        )
+        for card in GPU_CARDS
+    }
+
+
+def gpu_device_kinds() -> list[str]:
+    """The device kinds (card names) of ``GPU_CARDS``, as compile-only devices report them."""
+    return sorted(_card_memory_by_device_kind())
 
 
 def gpu_memory_fraction() -> float:
@@ -150,6 +245,14 @@ def gpu_memory_bytes(device_kind: str) -> int | None:
     return None if card_bytes is None else int(card_bytes * gpu_memory_fraction())
 
 
+def _compute_capability_of_kind(device_kind: str) -> tuple[int, int] | None:
+    """A GPU kind's compute capability: a local GPU of that kind's, else the card's in ``GPU_CARDS``."""
+    for device in jax.devices():
+        if device.device_kind == device_kind:
+            return compute_capability(device)
+    return _card_capability_by_device_kind().get(device_kind)
+
+
 def compute_capability(device: jax.Device) -> tuple[int, int] | None:
     """(major, minor) of an NVIDIA GPU, real or compile-only; None for any other device."""
     # An AMD GPU's platform is "gpu" too; its compute_capability is an
@@ -157,9 +260,3 @@ def compute_capability(device: jax.Device) -> tuple[int, int] | None:
     text = str(getattr(device, "compute_capability", "")) if device.platform == "gpu" else ""
     match = re.match(r"^(\d+)\.(\d+)", text)
     return (int(match[1]), int(match[2])) if match else None
-
-
-def supports_triton(device: jax.Device) -> bool:
-    """Whether XLA compiles Triton kernels (Pallas on GPUs) for this device."""
-    capability = compute_capability(device)
-    return capability is not None and capability >= TRITON_MIN_COMPUTE_CAPABILITY

@@ -1,6 +1,7 @@
-"""The ahead-of-time TPU compile tool, the memory choice it shares with train.py, and `auto` per platform.
+"""The ahead-of-time compile tool on TPU topologies, the memory choice it shares with train.py, `auto` per platform.
 
 Every TPU compile here is deviceless (libtpu, no TPU): ``jax.experimental.topologies``.
+The GPU targets have tests/test_gpu_targets.py.
 """
 
 import json
@@ -21,7 +22,7 @@ import pytest  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import tiny  # noqa: E402
-from sasmamba_jax import aot, sharding, step_memory, train_lib  # noqa: E402
+from sasmamba_jax import aot, sharding, step_memory, targets, train_lib  # noqa: E402
 from sasmamba_jax.ops.selective_scan import resolve_backend, selective_scan  # noqa: E402
 
 GiB = 2**30
@@ -48,7 +49,7 @@ def _run_aot(*args, tmp_path):
 
 @pytest.fixture(scope="module")
 def v5e_1x1():
-    return aot.topology_devices("v5e:1x1")
+    return targets.topology_devices("v5e:1x1")
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_an_unknown_topology_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize(
     "topology, mesh, message",
     [
-        ("v5e", {}, r"unknown topology 'v5e'; expected GENERATION:CHIPS"),
+        ("v5e", {}, r"unknown topology 'v5e'; expected a TPU GENERATION:CHIPS"),
         ("v5e:2x2", {"fsdp": 3}, r"mesh: 4 devices cannot be split into mesh axes \[-1, 3\]"),
         ("v5e:1x1", {"data": 2}, r"mesh: mesh data=2 x fsdp=1 needs 2 devices, 1 exist"),
     ],
@@ -118,17 +119,17 @@ def test_an_unknown_topology_is_a_one_line_error(tmp_path):
 def test_bad_topologies_and_meshes_are_named(topology, mesh, message):
     config = tiny.get_config()
     config.mesh.update(mesh)
-    with pytest.raises(aot.AotError, match=message):
+    with pytest.raises(ValueError, match=message):
         aot.compile_for_topology(config, topology)
 
 
 def test_missing_libtpu_is_named(monkeypatch):
-    real_find_spec = aot.importlib.util.find_spec
+    real_find_spec = targets.importlib.util.find_spec
     monkeypatch.setattr(
-        aot.importlib.util, "find_spec", lambda name: None if name == "libtpu" else real_find_spec(name)
+        targets.importlib.util, "find_spec", lambda name: None if name == "libtpu" else real_find_spec(name)
     )
-    with pytest.raises(aot.AotError, match=r'needs libtpu: pip install "jax\[tpu\]'):
-        aot.topology_devices("v5e:1x1")
+    with pytest.raises(targets.TargetError, match=r'needs libtpu: pip install "jax\[tpu\]'):
+        targets.topology_devices("v5e:1x1")
 
 
 @pytest.mark.parametrize(
@@ -141,7 +142,7 @@ def test_missing_libtpu_is_named(monkeypatch):
     ],
 )
 def test_hbm_table_is_what_the_compiler_allows(topology, chips, kind):
-    devices = aot.topology_devices(topology)
+    devices = targets.topology_devices(topology)
     assert len(devices) == chips and devices[0].device_kind == kind
     replicated = NamedSharding(Mesh(np.array(devices[:1]), ("x",)), PartitionSpec())
     # Its temporaries (298 GB) exceed every chip's HBM.
@@ -307,7 +308,7 @@ def test_train_and_evaluate_logs_and_saves_the_choice(tmp_path, monkeypatch, cap
 
 
 # ---------------------------------------------------------------------------
-# `auto` decided by the platform lowered for
+# `auto` decided by the devices compiled for
 
 
 def _scan_operands(shardings=None):
@@ -327,14 +328,19 @@ def _lowered(backend, operands):
     return jax.jit(lambda *args: selective_scan(*args, backend=backend)).lower(*operands)
 
 
-def test_auto_is_decided_by_the_platform_lowered_for(v5e_1x1):
-    on_tpu = _scan_operands(NamedSharding(Mesh(np.array(v5e_1x1), ("x",)), PartitionSpec()))
+def test_auto_is_decided_by_the_mesh_in_context(v5e_1x1):
+    tpu_mesh = Mesh(np.array(v5e_1x1), ("x",))
+    on_tpu = _scan_operands(NamedSharding(tpu_mesh, PartitionSpec()))
     on_cpu = _scan_operands()
     assert (resolve_backend("auto", "cpu"), resolve_backend("auto", "tpu")) == ("sequential", "pallas")
+    assert resolve_backend("auto", v5e_1x1[0]) == "pallas" and resolve_backend("auto") == "sequential"
     cpu_auto = _loops_and_kernels(_lowered("auto", on_cpu))
-    tpu_auto = _loops_and_kernels(_lowered("auto", on_tpu))
+    with jax.set_mesh(tpu_mesh):
+        assert resolve_backend("auto") == "pallas"
+        tpu_auto = _loops_and_kernels(_lowered("auto", on_tpu))
+        tpu_pallas = _loops_and_kernels(_lowered("pallas", on_tpu))
     assert cpu_auto == _loops_and_kernels(_lowered("sequential", on_cpu))
-    assert tpu_auto == _loops_and_kernels(_lowered("pallas", on_tpu))
+    assert tpu_auto == tpu_pallas
     loops, kernels = cpu_auto
     assert loops > 0 and kernels == 0
     loops, kernels = tpu_auto

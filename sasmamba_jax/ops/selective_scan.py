@@ -31,50 +31,111 @@ Whatever the input dtype, the state, the discretisation (exp, softplus) and the
 accumulation run in float32; the output is cast back to the dtype of ``u``.
 """
 
+import contextlib
 import functools
+import threading
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from sasmamba_jax import targets
 from sasmamba_jax.ops import pallas_scan
 
 Backend = Literal["auto", "associative", "chunked", "pallas", "sequential"]
 BACKENDS = ("auto", "associative", "chunked", "pallas", "sequential")
-# What "auto" runs, by the platform the computation is compiled for (names as
+# What "auto" runs, by the platform compiled for (names as
 # jax.lax.platform_dependent spells them). On CPU the sequential loop measured
-# fastest (benchmarks/scan.py, benchmarks/model.py); on TPU and CUDA the fused
-# Pallas kernels, the only back end that neither stores every state nor
-# streams them through HBM (docs/performance.md). ROCm keeps the associative
-# scan: the Triton kernel has never been lowered for it.
+# fastest (benchmarks/scan.py, benchmarks/model.py); on TPU and on NVIDIA GPUs
+# that compile Triton the fused Pallas kernels, the only back end that neither
+# stores every state nor streams them through HBM (docs/performance.md). ROCm
+# keeps the associative scan: the Triton kernel has never been lowered for it.
 AUTO_BACKENDS = {"cpu": "sequential", "cuda": "pallas", "rocm": "associative", "tpu": "pallas"}
-# jax.default_backend() and jax.Device.platform say "gpu" where
-# platform_dependent says "cuda" or "rocm".
+# An NVIDIA GPU below compute capability 8.0 (T4, V100), where XLA refuses
+# Triton: of the XLA back ends compiled for a T4 at the published size, the
+# chunked scan runs 85x fewer kernels than the sequential loop and keeps 1 of
+# 64 states where the associative scan keeps all (benchmarks/gpu_scan_backends.py,
+# docs/performance.md).
+PRE_TRITON_GPU_BACKEND = "chunked"
+# The Pallas kernel of each platform that has one; elsewhere pallas_scan picks
+# (the TPU kernel, interpreted).
+_PALLAS_KERNELS = {"cuda": "gpu", "tpu": "tpu"}
+# Platform names as jax.Device.platform and jax.default_backend() give them.
 _PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
-def resolve_backend(backend: Backend, platform: str | None = None) -> str:
-    """The concrete back end ``backend`` stands for when compiled for ``platform``.
+def resolve_backend(backend: Backend, target=None) -> str:
+    """The concrete back end ``backend`` stands for on ``target``.
+
+    ``selective_scan`` decides "auto" with this when it is traced, for
+    ``targets.current_target()``; callers (logs, the ahead-of-time tool) ask it
+    what that decision is for the devices they compile for.
 
     Args:
         backend: one of ``BACKENDS``.
-        platform: "cpu", "cuda", "rocm", "tpu" (or "gpu"); default: the
-            process's default backend. ``selective_scan`` itself decides
-            "auto" at lowering time, for whatever platform it is lowered for;
-            this function tells callers (logs, the ahead-of-time tool) what
-            that decision will be.
+        target: a ``jax.Device`` (compile-only ones included), a
+            ``targets.Target``, a platform name ("cpu", "tpu", "rocm"; a CUDA
+            GPU's choice depends on its compute capability, so name it by
+            device), or None for ``targets.current_target()``.
+
+    Raises:
+        ValueError: an unknown back end or platform, or "pallas" for an
+            NVIDIA GPU where XLA does not compile Triton.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
+    target = _as_target(target)
+    if backend == "pallas" and target.platform == "cuda" and not target.supports_triton:
+        raise ValueError(
+            f"scan back end 'pallas' needs Triton, which XLA compiles for NVIDIA GPUs of compute "
+            f"capability 8.0 and up; {target.device_kind} is {'.'.join(map(str, target.compute_capability))}: "
+            f"use scan 'auto' ({PRE_TRITON_GPU_BACKEND} there), 'chunked', 'sequential' or 'associative'"
+        )
     if backend != "auto":
         return backend
-    platform = platform or jax.default_backend()
-    platform = _PLATFORM_ALIASES.get(platform, platform)
+    if target.platform == "cuda" and not target.supports_triton:
+        return PRE_TRITON_GPU_BACKEND
+    return AUTO_BACKENDS[target.platform]
+
+
+def _as_target(target) -> targets.Target:
+    if target is None:
+        return targets.current_target()
+    if isinstance(target, targets.Target):
+        return target
+    if not isinstance(target, str):
+        return targets.target_of(target)
+    platform = _PLATFORM_ALIASES.get(target, target)
     if platform not in AUTO_BACKENDS:
         raise ValueError(
-            f"no scan back end known for platform {platform!r}; expected one of {tuple(AUTO_BACKENDS)}"
+            f"no scan back end known for platform {target!r}; expected one of {tuple(AUTO_BACKENDS)}"
         )
-    return AUTO_BACKENDS[platform]
+    if platform == "cuda":
+        raise ValueError("a CUDA GPU's scan back end depends on its compute capability: pass the device")
+    return targets.Target(platform, platform)
+
+
+_lowering_platforms = threading.local()
+
+
+@contextlib.contextmanager
+def lowered_for_platforms(platforms: Sequence[str]):
+    """``auto`` scans traced inside choose their back end per platform when lowered.
+
+    For a program lowered for several platforms at once (``jax.export`` with
+    ``platforms=("cpu", "cuda")``): each platform runs its own back end
+    (``jax.lax.platform_dependent``, which traces them all). On "cuda" that is
+    ``PRE_TRITON_GPU_BACKEND``, which every NVIDIA GPU compiles: an exported
+    program does not know its card, and jax.export gives Triton calls no
+    compatibility guarantee.
+    """
+    previous = getattr(_lowering_platforms, "value", None)
+    _lowering_platforms.value = tuple(_PLATFORM_ALIASES.get(p, p) for p in platforms)
+    try:
+        yield
+    finally:
+        _lowering_platforms.value = previous
 
 
 def selective_scan(
@@ -100,42 +161,55 @@ def selective_scan(
         D: (K, E) skip connection.
         delta_bias: (K, E) step-size bias.
         backend: "associative", "chunked", "pallas", "sequential", or "auto":
-            ``AUTO_BACKENDS`` of the platform the computation is lowered for
-            (``jax.lax.platform_dependent``), so a deviceless TPU compile or a
-            multi-platform ``jax.export`` gets each platform's own back end.
+            ``resolve_backend`` for the devices the computation is traced for
+            (``targets.current_target()``: the mesh in context, else the
+            default device), so a deviceless compile under ``jax.set_mesh``
+            gets its target's own back end; per platform inside
+            ``lowered_for_platforms``.
         chunk_size: steps per chunk of the "chunked" back end, and steps
             between the states the "sequential" back end keeps for its
             backward pass.
 
     Returns:
         (B, L, K, E) outputs in the dtype of ``u``.
+
+    Raises:
+        ValueError: an unknown back end, or "pallas" for an NVIDIA GPU that
+            does not compile Triton (``resolve_backend``).
     """
-    resolve_backend(backend)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     inputs = (u, delta, A, B, C, D, delta_bias)
-    if backend != "auto":
-        return _scan_with(backend, chunk_size, *inputs)
-    return _scan_for_platform(*inputs, chunk_size=chunk_size)
+    platforms = getattr(_lowering_platforms, "value", None)
+    if backend == "auto" and platforms:
+        choices = tuple((p, _platform_backend(p)) for p in platforms)
+        return _scan_for_platforms(*inputs, choices=choices, chunk_size=chunk_size)
+    target = targets.current_target()
+    return _scan_with(resolve_backend(backend, target), chunk_size, *inputs, target=target)
+
+
+def _platform_backend(platform: str) -> str:
+    if platform == "cuda":
+        return PRE_TRITON_GPU_BACKEND
+    return resolve_backend("auto", platform)
 
 
 # Jitted so that a model's scans of one shape trace every platform's branch
-# once, not once per layer: platform_dependent traces all of them, and the
-# Pallas kernels' jaxprs are large (a SasMamba's gradient traced 12x slower
-# with "auto" than with "sequential" before this).
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _scan_for_platform(u, delta, A, B, C, D, delta_bias, *, chunk_size):
+# once, not once per layer: platform_dependent traces all of them.
+@functools.partial(jax.jit, static_argnames=("choices", "chunk_size"))
+def _scan_for_platforms(u, delta, A, B, C, D, delta_bias, *, choices, chunk_size):
     branches = {
-        platform: functools.partial(_scan_with, concrete, chunk_size)
-        for platform, concrete in AUTO_BACKENDS.items()
+        platform: functools.partial(_scan_with, concrete, chunk_size, target=None)
+        for platform, concrete in choices
     }
     return jax.lax.platform_dependent(u, delta, A, B, C, D, delta_bias, **branches)
 
 
-def _scan_with(backend, chunk_size, u, delta, A, B, C, D, delta_bias):
-    """``selective_scan`` with a concrete back end."""
+def _scan_with(backend, chunk_size, u, delta, A, B, C, D, delta_bias, *, target):
+    """``selective_scan`` with a concrete back end, for ``target`` (None: the platform lowered for)."""
     if backend == "pallas":
-        return pallas_scan.selective_scan(u, delta, A, B, C, D, delta_bias)
+        kernel = _PALLAS_KERNELS.get(target.platform) if target else None
+        return pallas_scan.selective_scan(u, delta, A, B, C, D, delta_bias, kernel=kernel)
     u32, B32, C32, A32, D32 = (t.astype(jnp.float32) for t in (u, B, C, A, D))
     dt = jax.nn.softplus(delta.astype(jnp.float32) + delta_bias.astype(jnp.float32))
     if backend == "sequential":
