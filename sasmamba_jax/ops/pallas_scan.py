@@ -8,9 +8,9 @@ computed by
 * a Mosaic kernel on TPU (``pallas_scan_tpu``): the state in VMEM across a
     sequential grid axis over tiles of L, reading the model's own
     (B, L, K, E) layout, softplus and the skip term inside the kernel;
-* a Triton kernel on GPU (``pallas_scan_gpu``): chunks of L in parallel, the
-    state in registers, a cross-chunk correction between two passes, on
-    time-major rows of (batch, direction) pairs;
+* Triton kernels on GPU (``pallas_scan_gpu``): chunks of L in parallel, the
+    state in registers, a carry across chunks between two passes, reading
+    the model's layout and computing the whole op like the TPU kernel;
 * on any other platform, the TPU kernel in Pallas interpret mode (slow: for
     tests; ``auto`` never picks it there).
 
@@ -110,87 +110,47 @@ def _tpu_backward(interpret, residuals, grad_y):
 _tpu_kernels.defvjp(_tpu_forward, _tpu_backward)
 
 
-# --- GPU: softplus and the skip term in XLA, the recurrence in the kernels. ---
+# --- GPU: the kernels read the model's layout and compute the whole op. ---
 
 
 def _gpu_scan(interpret, u, delta, A, B, C, D, delta_bias):
-    u32, A32, B32, C32, D32 = (t.astype(jnp.float32) for t in (u, A, B, C, D))
-    dt = jax.nn.softplus(delta.astype(jnp.float32) + delta_bias.astype(jnp.float32))
-    y = _rows_scan(interpret, u32, dt, A32, B32, C32)
-    return (y + u32 * D32).astype(u.dtype)
+    # As on TPU, the small operands are cast outside the custom VJP. E is
+    # padded to whole channel blocks only where it is not one already
+    # (never at the published sizes): padded channels have u = 0 and A = 0,
+    # so their state stays 0, and they are cut off again.
+    f32 = jnp.float32
+    channels = u.shape[-1]
+    pad = -channels % pallas_scan_gpu.BLOCK_E
+    if pad:
+        u, delta = (_pad_last(t, pad, 0) for t in (u, delta))
+        A = _pad_last(A, pad, 1)
+        D, delta_bias = (_pad_last(t, pad, 0) for t in (D, delta_bias))
+    y = _gpu_kernels(interpret, u, delta, A.astype(f32), B, C, D.astype(f32), delta_bias.astype(f32))
+    return y[..., :channels]
 
 
-def _padded(t, multiples):
-    """Zero-pads each axis of ``t`` up to a multiple of ``multiples[axis]``.
-
-    Padding steps have dt = 0 (decay 1, no input), so they leave the state
-    unchanged; padded rows and channels are zero and cut off again.
-    """
-    pad = [(0, -size % multiple) for size, multiple in zip(t.shape, multiples)]
-    return jnp.pad(t, pad)
-
-
-def _to_rows(t):
-    """(B, L, K, X) -> (L, B * K, X): row b * K + k, time-major."""
-    batch, length, k, x = t.shape
-    return t.transpose(1, 0, 2, 3).reshape(length, batch * k, x)
-
-
-def _from_rows(t, shape):
-    """(L', R', X') padded rows -> (B, L, K, X) of ``shape``."""
-    batch, length, k, x = shape
-    return t[:length, : batch * k, :x].reshape(length, batch, k, x).transpose(1, 0, 2, 3)
-
-
-def _sequence_multiples():
-    pad = pallas_scan_gpu.PAD
-    return pad["length"], pad["rows"], pad["channels"]
-
-
-def _rows_operands(u, dt, A, B, C):
-    """The GPU kernels' layout: u, dt (L, R, E); A_rows (N, R, E); B, C (L, R, N), padded."""
-    batch = u.shape[0]
-    k, e, n = A.shape
-    length_multiple, rows_multiple, channels_multiple = _sequence_multiples()
-    A_rows = jnp.broadcast_to(A.transpose(2, 0, 1)[:, None], (n, batch, k, e)).reshape(n, batch * k, e)
-    projection = (length_multiple, rows_multiple, 1)
-    return (
-        _padded(_to_rows(u), _sequence_multiples()),
-        _padded(_to_rows(dt), _sequence_multiples()),
-        _padded(A_rows, (1, rows_multiple, channels_multiple)),
-        _padded(_to_rows(B), projection),
-        _padded(_to_rows(C), projection),
-    )
+def _pad_last(t, pad, axes_after):
+    """Zero-pads axis -1 - axes_after of ``t`` by ``pad``."""
+    widths = [(0, 0)] * t.ndim
+    widths[t.ndim - 1 - axes_after] = (0, pad)
+    return jnp.pad(t, widths)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rows_scan(interpret, u, dt, A, B, C):
-    return _rows_forward(interpret, u, dt, A, B, C)[0]
+def _gpu_kernels(interpret, u, delta, A, B, C, D, delta_bias):
+    """u, delta (B, L, K, E); A (K, E, N); B, C (B, L, K, N); D, delta_bias (K, E)."""
+    return _gpu_forward(interpret, u, delta, A, B, C, D, delta_bias)[0]
 
 
-def _rows_forward(interpret, u, dt, A, B, C):
-    operands = _rows_operands(u, dt, A, B, C)
-    y, chunk_starts = pallas_scan_gpu.forward(*operands, interpret=interpret)
-    return _from_rows(y, u.shape), (operands, chunk_starts, A.shape)
+def _gpu_forward(interpret, *operands):
+    y, chunk_starts, dt_sums = pallas_scan_gpu.forward(*operands, interpret=interpret)
+    return y, (operands, chunk_starts, dt_sums)
 
 
-def _rows_backward(interpret, residuals, grad_y):
-    operands, chunk_starts, (k, e, n) = residuals
-    grad_y_rows = _padded(_to_rows(grad_y), _sequence_multiples())
-    grad_u, grad_dt, grad_A_rows, grad_B, grad_C = pallas_scan_gpu.backward(
-        *operands, chunk_starts, grad_y_rows, interpret=interpret
-    )
-    batch, length = grad_y.shape[:2]
-    # Each row's share of grad_A, summed over the batch rows of its direction.
-    grad_A = grad_A_rows[:, : batch * k, :e].reshape(n, batch, k, e).sum(1).transpose(1, 2, 0)
-    projection_shape = (batch, length, k, n)
-    return (
-        _from_rows(grad_u, grad_y.shape),
-        _from_rows(grad_dt, grad_y.shape),
-        grad_A,
-        _from_rows(grad_B, projection_shape),
-        _from_rows(grad_C, projection_shape),
-    )
+def _gpu_backward(interpret, residuals, grad_y):
+    operands, chunk_starts, dt_sums = residuals
+    grads = pallas_scan_gpu.backward(*operands, chunk_starts, dt_sums, grad_y, interpret=interpret)
+    return tuple(g.astype(x.dtype) for g, x in zip(grads, operands, strict=True))
 
 
-_rows_scan.defvjp(_rows_forward, _rows_backward)
+_gpu_kernels.defvjp(_gpu_forward, _gpu_backward)
