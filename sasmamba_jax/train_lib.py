@@ -104,18 +104,53 @@ def model_config(config: ml_collections.ConfigDict) -> SasMambaConfig:
 
 def create_model(config: ml_collections.ConfigDict) -> SasMamba:
     """A freshly initialised SasMamba (the release's initialisation), seeded by ``config.seed``."""
-    model_cfg = model_config(config)
-    return nnx.jit(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(params=config.seed)))()
+    return _initialised_model(model_config(config), config.seed)
+
+
+# Static arguments, not a closure per call: a run's initialisation compiles
+# once per model and seed in a process, not once per run.
+@functools.partial(nnx.jit, static_argnums=(0, 1))
+def _initialised_model(model_cfg: SasMambaConfig, seed: int) -> SasMamba:
+    return SasMamba(model_cfg, rngs=nnx.Rngs(params=seed))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> optax.Schedule:
     """The release's learning rate: multiplied by ``lr_decay`` after every epoch."""
     opt = config.optimizer
+    return _decayed_per_epoch(opt.learning_rate, opt.lr_decay, steps_per_epoch)
+
+
+def _decayed_per_epoch(learning_rate: float, lr_decay: float, steps_per_epoch: int | None) -> optax.Schedule:
     if not steps_per_epoch:
-        return optax.constant_schedule(opt.learning_rate)
+        return optax.constant_schedule(learning_rate)
     return optax.exponential_decay(
-        opt.learning_rate, transition_steps=steps_per_epoch, decay_rate=opt.lr_decay, staircase=True
+        learning_rate, transition_steps=steps_per_epoch, decay_rate=lr_decay, staircase=True
     )
+
+
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> optax.GradientTransformation:
+    """The release's AdamW, on ``learning_rate_schedule``.
+
+    One transform per distinct setting, shared by every state built with it:
+    a state holds its transform as a static field, so a new transform for the
+    same setting would make ``train_step`` trace and compile again.
+    """
+    opt = config.optimizer
+    return _adamw(
+        opt.learning_rate,
+        opt.lr_decay,
+        steps_per_epoch,
+        b1=opt.b1,
+        b2=opt.b2,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+    )
+
+
+@functools.cache
+def _adamw(learning_rate, lr_decay, steps_per_epoch, *, b1, b2, eps, weight_decay):
+    schedule = _decayed_per_epoch(learning_rate, lr_decay, steps_per_epoch)
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
 def create_train_state(
@@ -129,14 +164,7 @@ def create_train_state(
         steps_per_epoch: enables the per-epoch learning-rate decay (constant
             learning rate when None).
     """
-    opt = config.optimizer
-    tx = optax.adamw(
-        learning_rate_schedule(config, steps_per_epoch),
-        b1=opt.b1,
-        b2=opt.b2,
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-    )
+    tx = optimizer(config, steps_per_epoch)
     _, num_microbatches = memory_settings(config)
     if num_microbatches < 1 or config.batch_size % num_microbatches:
         raise ValueError(

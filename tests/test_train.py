@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from compile_counting import count_compilations
 from flax import nnx
 
 from configs import tiny
@@ -370,6 +371,22 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrup
     rows, reference_rows = _train_rows(workdir), _train_rows(reference_workdir)
     assert [row["step"] for row in rows] == list(range(1, LOOP_STEPS + 1))
     assert [row["train/loss"] for row in rows] == [row["train/loss"] for row in reference_rows]
+
+
+def test_a_second_run_of_the_same_config_compiles_nothing(tmp_path):
+    """A state holds its optimizer as a static field: a second run with the same settings
+    must reuse the first run's compiled step (a new optax transform per run used to
+    compile it again), and its evaluation."""
+    config = _loop_config(max_steps=1)
+    with config.unlocked():
+        # A setting no other test trains with: the first run compiles its own step.
+        config.optimizer.weight_decay = 0.0125
+    with count_compilations() as first:
+        train_lib.train_and_evaluate(config, str(tmp_path / "first"))
+    with count_compilations() as second:
+        train_lib.train_and_evaluate(config, str(tmp_path / "second"))
+    assert first.count("jit(_train_step)") == 1, first
+    assert second == [], second
 
 
 class _PoisonedLoader(ClipLoader):
