@@ -1,12 +1,16 @@
-import atexit
 import os
 import pathlib
-import shutil
-import tempfile
 
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
+
+# The tests run on the CPU (fake CPU devices for the multi-device ones). With
+# the CUDA plugin installed for the deviceless GPU compiles, a process that
+# starts its backends without this prints the plugin's failed cuInit and
+# falls back; compile-only TPU and GPU devices do not need it unset. Test
+# subprocesses (train.py, eval.py, the tools) inherit it.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # libtpu (requirements-dev) serves the deviceless TPU compiles of the tests.
 # With no TPU it must not ask a metadata server for one, and the test
@@ -15,14 +19,23 @@ DATA_DIR = pathlib.Path(__file__).parent / "data"
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-# One persistent compilation cache per test session, shared with the train.py
-# subprocesses the tests start: the training tests build the same programs
-# several times (a resumed run, a second train.py process) and compile each once.
-# Set before any test module imports jax; an existing setting is kept.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache_dir = tempfile.mkdtemp(prefix="sasmamba-jax-test-compilation-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
-    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent compilation cache for every run of the suite, subprocesses included.
+
+    It lives in pytest's cache folder (``.pytest_cache``; ``--cache-clear``
+    empties it), so a second run loads what the first compiled instead of
+    compiling it again, and within a run a resumed training or a second
+    train.py process compiles nothing twice. Every compile is kept, the
+    small ones too: a test run is thousands of them. Set here, before any
+    test module imports jax; settings from the environment are kept.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        if config.cache is None:  # run with -p no:cacheprovider: no cache at all
+            return
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")
