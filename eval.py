@@ -7,8 +7,11 @@
 CKPT: a release .pth (converted in memory), a model directory written by
 ``python -m sasmamba_jax.convert``, or a train.py workdir. The model's shape
 comes from the checkpoint; the config supplies the data, the evaluation
-settings (``--config.eval.flip=False`` turns test-time flipping off) and run
-options such as ``--config.model.scan``.
+settings (``--config.eval.flip=False`` turns test-time flipping off), the
+device mesh the parameters and batches are split over (``--config.mesh.*``,
+all devices by default) and run options such as ``--config.model.scan`` and
+``--config.matmul_precision``. The forward is the one ``train.py`` evaluates
+with (``eval_lib.predict_batch``).
 """
 
 import json
@@ -57,12 +60,13 @@ def main(argv):
     config = cli.config_value(_CONFIG)
     options = {name: config.model[name] for name in RUN_OPTIONS}
     with cli.input_errors_end_the_program():
-        model = checkpoint.load_model(_CHECKPOINT.value, dtype=config.dtype, **options)
+        precision = eval_lib.check_matmul_precision(config.matmul_precision)
+        mesh = sharding.make_mesh(config.mesh)
+        model = checkpoint.load_model(_CHECKPOINT.value, mesh=mesh, dtype=config.dtype, **options)
         task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
-    mesh = sharding.make_mesh(config.mesh)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     predictions = eval_lib.predict_test_clips(
-        graphdef, params, task, config.eval, mesh, model.config.in_chans
+        graphdef, params, task, config.eval, mesh, model.config.in_chans, precision
     )
     results = task.evaluate(predictions)
     if task.name == "h36m":

@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Compute dtype: "float32" or "bfloat16" (parameters, optimizer state and
     # the scan's state stay float32).
     config.dtype = "float32"
+    # Precision of float32 matmuls in training, evaluation and inference
+    # (eval_lib.MATMUL_PRECISIONS). "default" is the platform's, fastest:
+    # one bfloat16 pass on TPU, TF32 on recent NVIDIA GPUs, float32 on CPU.
+    # "highest" computes in float32 everywhere, as the release does
+    # (docs/guide.md, "Numerics on accelerators").
+    config.matmul_precision = "default"
 
     config.data = ml_collections.ConfigDict(
         dict(

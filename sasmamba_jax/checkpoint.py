@@ -23,8 +23,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
-from sasmamba_jax import convert
+from sasmamba_jax import convert, eval_lib, sharding
 from sasmamba_jax.convert import CheckpointError
 from sasmamba_jax.model import SasMamba, SasMambaConfig
 
@@ -40,11 +41,18 @@ BEST = "best"
 DEFAULT_SCAN = "auto"
 
 
-def build_model(config: SasMambaConfig, params: Any) -> SasMamba:
-    """A SasMamba with the given parameters (a pure dict), in eval mode."""
+def build_model(config: SasMambaConfig, params: Any, mesh: Mesh | None = None) -> SasMamba:
+    """A SasMamba with the given parameters (a pure dict), in eval mode.
+
+    Args:
+        config: the model's config.
+        params: the parameters, host or device arrays.
+        mesh: where the parameters go (``sharding.place_params``); every
+            device, replicated, by default (``sharding.default_mesh``).
+    """
     abstract = nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
+    nnx.replace_by_pure_dict(state, sharding.place_params(params, mesh or sharding.default_mesh()))
     model = nnx.merge(graphdef, state)
     model.eval()
     return model
@@ -116,12 +124,12 @@ def read_model_config(directory: str | os.PathLike) -> SasMambaConfig:
     return SasMambaConfig.from_dict(meta["model"])
 
 
-def load_params(params_dir: str | os.PathLike, config: SasMambaConfig) -> dict:
-    """Restores a parameter tree saved by ``save_model`` (or a training checkpoint's params)."""
+def load_params(params_dir: str | os.PathLike, config: SasMambaConfig, mesh: Mesh) -> dict:
+    """Restores a parameter tree saved by ``save_model`` onto ``mesh`` (``sharding.place_params``' layout)."""
     params_dir = os.path.abspath(os.fspath(params_dir))
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"no parameters at {params_dir}")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params(config))
+    target = _restore_target(abstract_params(config), mesh)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             params = checkpointer.restore(params_dir, target)
@@ -153,11 +161,25 @@ def training_model_config(config: Mapping[str, Any]) -> SasMambaConfig:
     return SasMambaConfig.from_dict({**dict(config["model"]), "dtype": config["dtype"]})
 
 
-def load_model_from_workdir(workdir: str | os.PathLike, **options: Any) -> SasMamba:
+def _restore_target(abstract: Any, mesh: Mesh) -> Any:
+    """Shapes, dtypes and ``sharding.place_params``' shardings on ``mesh`` of an abstract tree."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract,
+        sharding.tree_shardings(mesh, abstract),
+    )
+
+
+def load_model_from_workdir(
+    workdir: str | os.PathLike, mesh: Mesh | None = None, **options: Any
+) -> SasMamba:
     """The latest checkpoint's model of a training workdir, in eval mode.
 
     Args:
         workdir: a ``train.py`` workdir.
+        mesh: where the parameters go, whatever mesh the run trained on
+            (``sharding.place_params``' layout); every device, replicated,
+            by default.
         **options: overrides of the model's run options (scan, stride_grad, ...).
 
     Raises:
@@ -171,10 +193,7 @@ def load_model_from_workdir(workdir: str | os.PathLike, **options: Any) -> SasMa
         saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
         model_cfg = training_model_config(saved_config).with_options(**options)
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
-        # Restore onto this process's first device, whatever mesh the run trained on.
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        on_device = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        target = {"params": on_device}
+        target = {"params": _restore_target(abstract, mesh or sharding.default_mesh())}
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -199,13 +218,19 @@ def first_line(error: BaseException) -> str:
     return message.splitlines()[0] if message else type(error).__name__
 
 
-def load_model(path: str | os.PathLike, *, scan: str = DEFAULT_SCAN, **options: Any) -> SasMamba:
-    """Loads a SasMamba in eval mode from any checkpoint we know.
+def load_model(
+    path: str | os.PathLike, *, mesh: Mesh | None = None, scan: str = DEFAULT_SCAN, **options: Any
+) -> SasMamba:
+    """Loads a SasMamba in eval mode from any checkpoint we know, its parameters on a device mesh.
 
     Args:
         path: a release ``.pth`` file (needs torch), a model directory written
             by ``save_model`` / ``python -m sasmamba_jax.convert``, or a
             training workdir (its latest checkpoint).
+        mesh: the ("data", "fsdp") mesh the parameters go on, replicated
+            unless it has an ``fsdp`` axis (``sharding.place_params``); by
+            default every device, replicated (``sharding.default_mesh``).
+            ``predict`` and ``lift`` split their batches over it.
         scan: the scan back end; "auto" (the default) runs the one measured
             fastest for the platform, whatever back end the file was saved with.
         **options: overrides of the other non-shape settings, e.g.
@@ -216,15 +241,16 @@ def load_model(path: str | os.PathLike, *, scan: str = DEFAULT_SCAN, **options: 
     """
     path = os.fspath(path)
     options = {"scan": scan, **options}
+    mesh = mesh or sharding.default_mesh()
     if os.path.isfile(path):
         state_dict = convert.read_pytorch_state_dict(path)
         config = convert.infer_config(state_dict).with_options(**options)
-        return build_model(config, convert.state_dict_to_params(state_dict, config))
+        return build_model(config, convert.state_dict_to_params(state_dict, config), mesh)
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         config = read_model_config(path).with_options(**options)
-        return build_model(config, load_params(os.path.join(path, PARAMS_DIR), config))
+        return build_model(config, load_params(os.path.join(path, PARAMS_DIR), config, mesh), mesh)
     if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-        return load_model_from_workdir(path, **options)
+        return load_model_from_workdir(path, mesh, **options)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     raise CheckpointError(
@@ -243,7 +269,9 @@ def _check_against_reference(model: SasMamba, reference_npz: str, atol: float) -
         if "x" not in ref or "y" not in ref:
             raise CheckpointError(f"{reference_npz} must hold arrays 'x' and 'y'")
         x, y = ref["x"], ref["y"]
-    out = np.asarray(predict(model, x))
+    # float32 matmuls, as the release computes: the platform's default is one
+    # bfloat16 pass on TPU and TF32 on recent NVIDIA GPUs.
+    out = predict(model, x, matmul_precision=eval_lib.PARITY_MATMUL_PRECISION)
     abs_err = float(np.max(np.abs(out - y)))
     rel_err = float(np.max(np.abs(out - y) / (np.abs(y) + 1e-6)))
     ok = abs_err <= atol

@@ -1,11 +1,17 @@
-"""Model predictions on test clips, and the tasks (datasets with their protocols).
+"""The evaluation forward on a device mesh, model predictions on test clips, and the tasks.
 
-Shared by ``train.py`` (periodic evaluation) and ``eval.py``.
+Every program that runs the model for its predictions runs ``_predict_batch``
+through ``predict_batch``: ``train.py``'s periodic evaluation, ``eval.py``,
+``inference.predict`` and ``lift`` (so ``infer``), and what the aot tool's
+``--mode=forward`` compiles. It runs under the mesh the parameters live on
+(``jax.set_mesh``: the Pallas scan and the deformable convolution split
+themselves over its batch) and under one float32 matmul precision.
 """
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -13,9 +19,39 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sasmamba_jax import evaluation, inference, skeleton
+from sasmamba_jax import evaluation, skeleton
 from sasmamba_jax.data import h36m, mpi3dhp
+from sasmamba_jax.data.augment import flip_pose
+from sasmamba_jax.model import SasMamba
 from sasmamba_jax.sharding import batch_sharding
+
+# The names ``jax.default_matmul_precision`` takes for float32 matmuls.
+# "default" is the platform's own: one bfloat16 pass on TPU, TF32 on Ampere
+# and newer NVIDIA GPUs, float32 on CPU. "high" is three bfloat16 passes on
+# TPU (TF32 on GPU), "highest" full float32 everywhere.
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+# What a comparison with the PyTorch release runs with: float32, as the release computes.
+PARITY_MATMUL_PRECISION = "highest"
+
+
+def check_matmul_precision(name: str) -> str:
+    """``name`` if it is one of ``MATMUL_PRECISIONS``; a one-line ValueError otherwise."""
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown matmul precision {name!r}; expected one of {MATMUL_PRECISIONS}")
+    return name
+
+
+@contextlib.contextmanager
+def use_matmul_precision(name: str | None) -> Iterator[None]:
+    """The float32 matmul precision of every program traced in the block; None keeps the caller's.
+
+    Thread-local, as jax's setting is: a thread that traces must enter it itself.
+    """
+    if name is None:
+        yield
+        return
+    with jax.default_matmul_precision(check_matmul_precision(name)):
+        yield
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +121,72 @@ def mean_pose_baseline(task: Task) -> dict:
     return task.evaluate(np.broadcast_to(mean_pose, (*test_shape, *mean_pose.shape)))
 
 
+def eval_forward(
+    model: SasMamba, windows: jax.Array, flip_permutation: tuple[int, ...] | None = None
+) -> jax.Array:
+    """The model's forward, averaged with its flipped-back output on the flipped input.
+
+    Traceable (call it under `jax.jit`); the caller puts the model in eval mode.
+
+    Args:
+        model: a SasMamba.
+        windows: (B, W, J, C) normalised keypoints.
+        flip_permutation: joint permutation that mirrors a pose, or None for
+            the plain forward.
+
+    Returns:
+        (B, W, J, 3) float32.
+    """
+    direct = model(windows)
+    if flip_permutation is None:
+        return direct
+    # Two calls rather than one on a doubled batch: on CPU the model's time per
+    # window grows with the batch (inference.DEFAULT_BATCH_SIZE).
+    flipped = model(flip_pose(windows, flip_permutation))
+    return (direct + flip_pose(flipped, flip_permutation)) / 2
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "flip_permutation", "out_sharding"))
 def _predict_batch(graphdef, params, x, flip_permutation, out_sharding):
-    pred = inference.eval_forward(nnx.merge(graphdef, params), x, flip_permutation)
+    pred = eval_forward(nnx.merge(graphdef, params), x, flip_permutation)
     return jax.lax.with_sharding_constraint(pred, out_sharding)
+
+
+def predict_batch(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    windows: np.ndarray,
+    *,
+    flip_permutation: tuple[int, ...] | None,
+    mesh: Mesh,
+    matmul_precision: str | None = None,
+) -> np.ndarray:
+    """One batch of windows through ``_predict_batch``, split over the mesh's devices.
+
+    The batch is padded to a multiple of the device count. Every process
+    passes the same ``windows`` and gets every prediction back. Thread-safe:
+    it enters the mesh and the precision itself.
+
+    Args:
+        graphdef, params: an eval-mode model split with ``nnx.split``, its
+            parameters on ``mesh`` (``sharding.place_params``).
+        windows: (B, W, 17, C) model inputs.
+        flip_permutation: average with the mirrored input's prediction
+            (test-time flip augmentation), or None.
+        mesh: the ("data", "fsdp") mesh the parameters live on.
+        matmul_precision: one of ``MATMUL_PRECISIONS``, or None for the caller's.
+
+    Returns:
+        (B, W, 17, 3) float32 predictions.
+    """
+    windows = np.asarray(windows, np.float32)
+    num_devices = mesh.devices.size
+    padding = -len(windows) % num_devices
+    padded = np.concatenate([windows, np.zeros((padding, *windows.shape[1:]), np.float32)])
+    with jax.set_mesh(mesh), use_matmul_precision(matmul_precision):
+        x = jax.make_array_from_callback(padded.shape, batch_sharding(mesh), lambda index: padded[index])
+        pred = _predict_batch(graphdef, params, x, flip_permutation, NamedSharding(mesh, PartitionSpec()))
+    return np.asarray(pred)[: len(windows)]
 
 
 def predict_clips(
@@ -99,19 +197,15 @@ def predict_clips(
     batch_size: int,
     flip_permutation: tuple[int, ...] | None,
     mesh: Mesh,
+    matmul_precision: str | None = None,
 ) -> np.ndarray:
-    """Predicts every clip, batch by batch, sharded over the mesh.
-
-    Every process passes the same ``clips``; each feeds the shards its devices
-    hold, and every process gets all predictions back.
+    """Predicts every clip, batch by batch, sharded over the mesh (``predict_batch``).
 
     Args:
-        graphdef, params: an eval-mode model split with ``nnx.split``.
+        graphdef, params, flip_permutation, mesh, matmul_precision: as ``predict_batch``.
         clips: (M, T, 17, C) model inputs.
-        batch_size: clips per step (rounded up to a multiple of the device count).
-        flip_permutation: average with the mirrored input's prediction
-            (test-time flip augmentation), or None.
-        mesh: the device mesh.
+        batch_size: clips per step (rounded up to a multiple of the device
+            count); every step has this shape, the last one padded.
 
     Returns:
         (M, T, 17, 3) float32 predictions.
@@ -119,21 +213,27 @@ def predict_clips(
     clips = np.asarray(clips, np.float32)
     num_devices = mesh.devices.size
     batch_size = -(-batch_size // num_devices) * num_devices
-    in_sharding = batch_sharding(mesh)
-    out_sharding = NamedSharding(mesh, PartitionSpec())
     outputs = []
     for start in range(0, len(clips), batch_size):
         batch = clips[start : start + batch_size]
         padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.float32)])
-        x = jax.make_array_from_callback(padded.shape, in_sharding, lambda index, p=padded: p[index])
-        pred = _predict_batch(graphdef, params, x, flip_permutation, out_sharding)
-        outputs.append(np.asarray(pred)[: len(batch)])
+        pred = predict_batch(
+            graphdef,
+            params,
+            padded,
+            flip_permutation=flip_permutation,
+            mesh=mesh,
+            matmul_precision=matmul_precision,
+        )
+        outputs.append(pred[: len(batch)])
     if not outputs:
         return np.zeros((0, *clips.shape[1:3], 3), np.float32)
     return np.concatenate(outputs)
 
 
-def predict_test_clips(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> np.ndarray:
+def predict_test_clips(
+    graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int, matmul_precision: str | None = None
+) -> np.ndarray:
     """(M, T, 17, 3) predictions of every test clip, with test-time flipping if ``eval_config.flip``."""
     return predict_clips(
         graphdef,
@@ -142,14 +242,16 @@ def predict_test_clips(graphdef, params, task: Task, eval_config, mesh: Mesh, in
         batch_size=eval_config.batch_size,
         flip_permutation=task.flip_permutation if eval_config.flip else None,
         mesh=mesh,
+        matmul_precision=matmul_precision,
     )
 
 
-def evaluate_model(graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int) -> dict:
+def evaluate_model(
+    graphdef, params, task: Task, eval_config, mesh: Mesh, in_chans: int, matmul_precision: str | None = None
+) -> dict:
     """Runs the dataset's evaluation protocol on an eval-mode model."""
-    # The Pallas scan splits its kernels over the context's mesh.
-    with jax.set_mesh(mesh):
-        return task.evaluate(predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans))
+    predictions = predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans, matmul_precision)
+    return task.evaluate(predictions)
 
 
 def eval_graphdef(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:

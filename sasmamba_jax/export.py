@@ -22,7 +22,8 @@ from flax import nnx
 
 from sasmamba_jax import skeleton
 from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import EXPORT_FORMAT, EXPORT_METADATA_SUFFIX, eval_forward
+from sasmamba_jax.eval_lib import MATMUL_PRECISIONS, eval_forward, use_matmul_precision
+from sasmamba_jax.inference import EXPORT_FORMAT, EXPORT_METADATA_SUFFIX
 from sasmamba_jax.model import SasMamba
 
 
@@ -34,6 +35,7 @@ def export_forward(
     batch: int = 1,
     flip_tta: bool = False,
     platforms: Sequence[str] | None = None,
+    matmul_precision: str | None = None,
 ) -> str:
     """Serialises the model's eval forward for one input shape.
 
@@ -45,6 +47,8 @@ def export_forward(
         flip_tta: include the release's flip averaging (Human3.6M joint
             order) in the exported function, doubling its work.
         platforms: e.g. ``("cpu", "cuda")``; the default backend's by default.
+        matmul_precision: the float32 matmul precision written into the
+            program (``eval_lib.MATMUL_PRECISIONS``), or None for the caller's.
 
     Returns:
         `path`, as a string.
@@ -58,16 +62,21 @@ def export_forward(
         raise ValueError(f"frames must be in [1, {config.num_frames}] (the model's frames), got {frames}")
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
-    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
+    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
+    # The artefact is a one-device program with the parameters as constants,
+    # whatever devices they were loaded onto.
+    params = jax.device_get(params)
     permutation = skeleton.FLIP_PERMUTATION if flip_tta else None
 
     def forward(x):
-        return eval_forward(nnx.merge(graphdef, state), x, permutation)
+        return eval_forward(nnx.merge(graphdef, params), x, permutation)
 
     input_shape = (batch, frames, config.num_joints, config.in_chans)
-    exported = jax.export.export(jax.jit(forward), platforms=platforms)(
-        jax.ShapeDtypeStruct(input_shape, np.float32)
-    )
+    with use_matmul_precision(matmul_precision):
+        exported = jax.export.export(jax.jit(forward), platforms=platforms)(
+            jax.ShapeDtypeStruct(input_shape, np.float32)
+        )
+        precision = jax.config.jax_default_matmul_precision or "default"
     path = os.fspath(path)
     with open(path, "wb") as f:
         f.write(exported.serialize())
@@ -78,6 +87,7 @@ def export_forward(
         "input": "normalised 2D keypoints: xy / W * 2 - [1, H / W] (and confidence if in_chans is 3)",
         "output": "root-relative 3D poses in normalised units (multiply by W / 2 for pixels)",
         "flip_tta": flip_tta,
+        "matmul_precision": precision,
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
         "model": config.to_dict(),
@@ -95,7 +105,9 @@ def _parse_args(argv):
     )
     parser.add_argument("output", help="output file (e.g. out.jax); metadata goes to OUTPUT.json")
     parser.add_argument(
-        "--checkpoint", required=True, help="a model directory (Orbax) or a release .pth checkpoint"
+        "--checkpoint",
+        required=True,
+        help="a model directory (Orbax), a release .pth checkpoint or a train.py workdir",
     )
     parser.add_argument("--frames", type=int, default=None, help="frames T (default: the model's)")
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
@@ -105,6 +117,12 @@ def _parse_args(argv):
         type=lambda text: tuple(text.split(",")),
         default=None,
         help="comma-separated, e.g. cpu,cuda (default: this machine's backend)",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="default",
+        help="float32 matmul precision: the platform's (default; one bfloat16 pass on TPU) or e.g. highest",
     )
     return parser.parse_args(argv)
 
@@ -120,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch=args.batch,
             flip_tta=args.flip_tta,
             platforms=args.platforms,
+            matmul_precision=args.matmul_precision,
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         print(f"sasmamba_jax.export: error: {e}", file=sys.stderr)

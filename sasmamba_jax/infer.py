@@ -20,6 +20,7 @@ from matplotlib import animation
 
 from sasmamba_jax import detector_files, keypoints, motion_export, plotting
 from sasmamba_jax.checkpoint import load_model
+from sasmamba_jax.eval_lib import MATMUL_PRECISIONS
 from sasmamba_jax.inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
@@ -120,7 +121,9 @@ def _parse_args(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="a model directory (Orbax) or a release .pth checkpoint"
+        "--checkpoint",
+        required=True,
+        help="a model directory (Orbax), a release .pth checkpoint or a train.py workdir",
     )
     parser.add_argument("--input", required=True, help="keypoints: a file or an OpenPose folder (above)")
     parser.add_argument(
@@ -151,6 +154,12 @@ def _parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward call")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="forward calls in flight")
     parser.add_argument("--stride", type=int, default=None, help="frames between windows (default F / 2)")
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="default",
+        help="float32 matmul precision: the platform's (default; one bfloat16 pass on TPU) or e.g. highest",
+    )
     parser.add_argument(
         "--short-sequence-mode",
         choices=SHORT_SEQUENCE_MODES,
@@ -192,6 +201,7 @@ def _lift_options(args: argparse.Namespace) -> dict:
         stride=args.stride,
         short_sequence_mode=args.short_sequence_mode,
         progress=True,
+        matmul_precision=args.matmul_precision,
     )
 
 

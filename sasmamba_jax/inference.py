@@ -6,31 +6,34 @@ joints, C input channels, N windows.
 
 import concurrent.futures
 import dataclasses
-import functools
 import itertools
 import json
 import os
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax import nnx
 
-from sasmamba_jax import skeleton
-from sasmamba_jax.data.augment import flip_pose
+from sasmamba_jax import eval_lib, sharding, skeleton
 from sasmamba_jax.keypoints import check_image_size, prepare_keypoints
 from sasmamba_jax.model import SasMamba, check_input_shape
 
 
-def predict(model: SasMamba, x) -> jax.Array:
+def predict(model: SasMamba, x, *, matmul_precision: str | None = None) -> np.ndarray:
     """Runs the model in eval mode (no DropPath) on a batch of clips.
+
+    The batch is split over the devices of the mesh the model's parameters
+    live on (``checkpoint.load_model`` puts them on every device).
 
     Args:
         model: a SasMamba (its train/eval mode is left untouched).
         x: (B, T, 17, in_chans) numpy or jax array of normalised keypoints,
             T <= the model's frames.
+        matmul_precision: float32 matmul precision (``eval_lib.MATMUL_PRECISIONS``;
+            ``eval_lib.PARITY_MATMUL_PRECISION`` to compare with the release),
+            or None for the caller's (``jax.default_matmul_precision``).
 
     Returns:
         (B, T, 17, 3) float32 root-relative 3D poses.
@@ -38,12 +41,19 @@ def predict(model: SasMamba, x) -> jax.Array:
     Raises:
         ValueError: wrong shape, or NaN/inf keypoints.
     """
-    x = jnp.asarray(x, jnp.float32)
+    x = np.asarray(x, np.float32)
     check_input_shape(x.shape, model.config)
-    if not bool(jnp.isfinite(x).all()):
+    if not np.isfinite(x).all():
         raise ValueError("input keypoints contain NaN or inf; fill or drop missing keypoints first")
-    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
-    return _jitted_eval_forward(graphdef, state, x, None)
+    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
+    return eval_lib.predict_batch(
+        graphdef,
+        params,
+        x,
+        flip_permutation=None,
+        mesh=sharding.params_mesh(params),
+        matmul_precision=matmul_precision,
+    )
 
 
 # Everything below lifts whole sequences. Windows of the model's length are
@@ -53,7 +63,9 @@ def predict(model: SasMamba, x) -> jax.Array:
 SHORT_SEQUENCE_MODES = ("resample", "direct")
 # On CPU one window per call is fastest: the model's time per window grows with
 # the batch there (published model, `predict` on a 2-core CPU: 0.8 s per window
-# at batch 1, 1.7 s at 2, 3.5 s at 4). Raise it on accelerators.
+# at batch 1, 1.7 s at 2, 3.5 s at 4). Raise it on accelerators. With several
+# devices it is rounded up to a multiple of their count (one batch is split
+# over all of them).
 DEFAULT_BATCH_SIZE = 1
 # XLA:CPU runs the loops of one program one after another on one core (the
 # scan is most of the model's time), while programs called from two threads
@@ -63,36 +75,6 @@ DEFAULT_BATCH_SIZE = 1
 DEFAULT_THREADS = 2
 EXPORT_FORMAT = "sasmamba-jax-export"
 EXPORT_METADATA_SUFFIX = ".json"
-
-
-def eval_forward(
-    model: SasMamba, windows: jax.Array, flip_permutation: tuple[int, ...] | None = None
-) -> jax.Array:
-    """The model's forward, averaged with its flipped-back output on the flipped input.
-
-    Traceable (call it under `jax.jit`); the caller puts the model in eval mode.
-
-    Args:
-        model: a SasMamba.
-        windows: (B, W, J, C) normalised keypoints.
-        flip_permutation: joint permutation that mirrors a pose, or None for
-            the plain forward.
-
-    Returns:
-        (B, W, J, 3) float32.
-    """
-    direct = model(windows)
-    if flip_permutation is None:
-        return direct
-    # Two calls rather than one on a doubled batch: on CPU the model's time per
-    # window grows with the batch (see DEFAULT_BATCH_SIZE).
-    flipped = model(flip_pose(windows, flip_permutation))
-    return (direct + flip_pose(flipped, flip_permutation)) / 2
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _jitted_eval_forward(graphdef, state, windows, flip_permutation):
-    return eval_forward(nnx.merge(graphdef, state), windows, flip_permutation)
 
 
 def resample_indices(length: int, target_length: int) -> np.ndarray:
@@ -180,6 +162,7 @@ def lift_sequences(
     stride: int | None = None,
     short_sequence_mode: str = "resample",
     progress: bool = False,
+    matmul_precision: str | None = None,
 ) -> list[np.ndarray]:
     """Lifts several model-ready sequences of any lengths through the same jitted windows.
 
@@ -193,7 +176,7 @@ def lift_sequences(
         sequences: a list of (T_i, 17, in_chans) normalised keypoints, each
             T_i >= 1, nothing missing.
         flip_tta, flip_permutation, batch_size, threads, stride,
-        short_sequence_mode, progress: see `lift_sequence`.
+        short_sequence_mode, progress, matmul_precision: see `lift_sequence`.
 
     Returns:
         A list of (T_i, 17, 3) float32 poses, one per sequence.
@@ -224,14 +207,24 @@ def lift_sequences(
         for start, sequence in zip(starts, sequences)
         for window in window_indices(len(sequence), config.num_frames, stride, short_sequence_mode)
     ]
-    batches = _batches_of_windows(windows, batch_size)
     permutation = tuple(int(j) for j in flip_permutation) if flip_tta else None
-    graphdef, state = nnx.split(nnx.view(model, deterministic=True))
+    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
+    mesh = sharding.params_mesh(params)
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    batches = _batches_of_windows(windows, batch_size)
 
     def forward(batch: np.ndarray) -> np.ndarray:
         padded = np.zeros((batch_size,) + batch.shape[1:] + inputs.shape[1:], np.float32)
         padded[: len(batch)] = inputs[batch]
-        return np.asarray(_jitted_eval_forward(graphdef, state, padded, permutation))[: len(batch)]
+        predictions = eval_lib.predict_batch(
+            graphdef,
+            params,
+            padded,
+            flip_permutation=permutation,
+            mesh=mesh,
+            matmul_precision=matmul_precision,
+        )
+        return predictions[: len(batch)]
 
     total = np.zeros((len(inputs), config.num_joints, 3), np.float64)
     bar = tqdm.tqdm(total=len(batches), disable=not progress or len(batches) < 2, unit="batch")
@@ -259,6 +252,7 @@ def lift_sequence(
     stride: int | None = None,
     short_sequence_mode: str = "resample",
     progress: bool = False,
+    matmul_precision: str | None = None,
 ) -> np.ndarray:
     """Lifts a model-ready sequence of any length (see `lift` for raw keypoints).
 
@@ -285,13 +279,16 @@ def lift_sequence(
             is Human3.6M's, pass `data.mpi3dhp.FLIP_PERMUTATION` for a model
             trained on MPI-INF-3DHP joints.
         batch_size: windows per forward call; 1 (fastest on CPU) by default,
-            raise it on accelerators.
+            raise it on accelerators. Rounded up to a multiple of the devices
+            the model's parameters live on: one call splits its windows over them.
         threads: forward calls in flight at once (`DEFAULT_THREADS`); the
             result does not depend on it.
         stride: frames between window starts of long sequences; F // 2 by
             default (every frame is in about two windows).
         short_sequence_mode: ``"resample"`` or ``"direct"``, for T < F.
         progress: show a tqdm progress bar when there is more than one batch.
+        matmul_precision: float32 matmul precision (``eval_lib.MATMUL_PRECISIONS``),
+            or None for the caller's (``jax.default_matmul_precision``).
 
     Returns:
         (T, 17, 3) float32 root-relative 3D poses in the model's normalised
@@ -313,6 +310,7 @@ def lift_sequence(
         stride=stride,
         short_sequence_mode=short_sequence_mode,
         progress=progress,
+        matmul_precision=matmul_precision,
     )[0]
 
 
@@ -329,6 +327,7 @@ def lift(
     stride: int | None = None,
     short_sequence_mode: str = "resample",
     progress: bool = False,
+    matmul_precision: str | None = None,
 ) -> np.ndarray:
     """Lifts a 2D keypoint sequence of any length, e.g. a detector's output, to 3D.
 
@@ -349,8 +348,8 @@ def lift(
         image_size: (W, H) of the video in pixels, or None.
         confidences: optional (T, K) confidences for (T, K, 2) keypoints;
             required (one way or the other) by 3-channel models.
-        flip_tta, batch_size, threads, stride, short_sequence_mode, progress:
-            see `lift_sequence`.
+        flip_tta, batch_size, threads, stride, short_sequence_mode, progress,
+            matmul_precision: see `lift_sequence`.
 
     Returns:
         (T, 17, 3) float32 root-relative 3D poses in the model's normalised
@@ -375,6 +374,7 @@ def lift(
         stride=stride,
         short_sequence_mode=short_sequence_mode,
         progress=progress,
+        matmul_precision=matmul_precision,
     )
 
 
@@ -434,7 +434,7 @@ def lift_people(
         image_size: (W, H) in pixels, or None for normalised keypoints.
         min_track_frames: the fewest detected frames a track needs.
         **lift_options: flip_tta, batch_size, threads, stride,
-            short_sequence_mode, progress (see `lift_sequence`).
+            short_sequence_mode, progress, matmul_precision (see `lift_sequence`).
 
     Returns:
         A `LiftedPeople` holding the people lifted, in the order given.

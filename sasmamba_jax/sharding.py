@@ -69,6 +69,11 @@ def array_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
+def default_mesh(devices=None) -> Mesh:
+    """Every (or every given) device on the ``data`` axis: where a model goes when no config names a mesh."""
+    return make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), devices)
+
+
 def tree_shardings(mesh: Mesh, tree):
     """NamedShardings for every array leaf of a (possibly abstract) pytree."""
     fsdp_size = mesh.shape["fsdp"]
@@ -78,6 +83,44 @@ def tree_shardings(mesh: Mesh, tree):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches: the leading (batch) axis split over every device."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXES))
+
+
+def place_params(params, mesh: Mesh):
+    """A model's parameters on ``mesh`` by ``array_spec``: replicated unless the mesh has an ``fsdp`` axis.
+
+    Arrays already placed so stay where they are; any other value (numpy, or a
+    jax array on other devices) must be the same on every process.
+    """
+
+    def place(value, sharding):
+        if isinstance(value, jax.Array) and value.sharding == sharding:
+            return value
+        value = np.asarray(jax.device_get(value))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(place, params, tree_shardings(mesh, params))
+
+
+def params_mesh(params) -> Mesh:
+    """The ("data", "fsdp") mesh a model's parameters live on; a one-device mesh for parameters on one device.
+
+    Raises:
+        ValueError: the parameters are spread over devices in another way
+            (place them with ``place_params``).
+    """
+    shardings = [leaf.sharding for leaf in jax.tree.leaves(params)]
+    meshes = {s.mesh for s in shardings if isinstance(s, NamedSharding)}
+    if len(meshes) == 1 and all(isinstance(s, NamedSharding) for s in shardings):
+        (mesh,) = meshes
+        if mesh.axis_names == DATA_AXES:
+            return mesh
+    devices = {device for s in shardings for device in s.device_set}
+    if len(devices) == 1:
+        return Mesh(np.asarray(list(devices)).reshape(1, 1), DATA_AXES)
+    raise ValueError(
+        f"the model's parameters are spread over {len(devices)} devices without one {DATA_AXES} mesh; "
+        "place them with sharding.place_params"
+    )
 
 
 def put_replicated_host_tree(tree, shardings):

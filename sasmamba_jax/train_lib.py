@@ -540,8 +540,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = sharding.make_mesh(config.mesh)
     # Every step, evaluation and compile of the run sees the mesh: the Pallas
-    # scan splits its kernels over it (XLA cannot split them itself).
-    with jax.set_mesh(mesh):
+    # scan splits its kernels over it (XLA cannot split them itself). And one
+    # float32 matmul precision, the evaluation's included.
+    with jax.set_mesh(mesh), eval_lib.use_matmul_precision(config.matmul_precision):
         return _train_and_evaluate_on(mesh, config, workdir)
 
 
@@ -587,7 +588,9 @@ def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.Confi
 
     def evaluate(state):
         graphdef = eval_lib.eval_graphdef(state.graphdef, state.params)
-        return eval_lib.evaluate_model(graphdef, state.params, task, config.eval, mesh, model_cfg.in_chans)
+        return eval_lib.evaluate_model(
+            graphdef, state.params, task, config.eval, mesh, model_cfg.in_chans, config.matmul_precision
+        )
 
     step = int(state.step)
     results = None
