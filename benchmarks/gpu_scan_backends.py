@@ -1,4 +1,4 @@
-"""Which XLA scan back end for a GPU without Triton (compute capability < 8.0): each compiled for the card here.
+"""Which XLA scan back end for a GPU without Triton (compute capability < 8.0), each compiled for the card.
 
     PYTHONPATH=. python benchmarks/gpu_scan_backends.py                      # t4, the published size
     PYTHONPATH=. python benchmarks/gpu_scan_backends.py --card=v100 --json=out.json
@@ -17,10 +17,10 @@ prints, side by side:
   fusion, custom call and copy is one kernel). Every launch costs a few
   microseconds on any GPU however little it computes, so a program of 100k
   launches cannot take less than a few hundred milliseconds;
-* bytes the kernels read and write, summed over the launches (operands and
-  results of each kernel, loop bodies counted once per trip): the memory
-  traffic, which bounds a memory-bound program's time from below at the card's
-  bandwidth.
+* bytes the kernels read and write, summed over the launches (each kernel's
+  operands and results; of a dynamic-slice only the slice, of an in-place
+  dynamic-update-slice only the update; loop bodies once per trip): the memory
+  traffic, which bounds the program's time from below at the card's bandwidth.
 """
 
 import argparse
@@ -43,7 +43,9 @@ BACKENDS = ("sequential", "chunked", "associative")
 # Instructions of optimised GPU HLO that each run as one kernel.
 _KERNEL_OPCODES = ("fusion", "custom-call", "copy")
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "s64": 8}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (?P<type>.+?) (?P<opcode>[\w-]+)\((?P<operands>[^)]*)\)(?P<rest>.*)$")
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%\S+ = (?P<type>.+?) (?P<opcode>[\w-]+)\((?P<operands>[^)]*)\)(?P<rest>.*)$"
+)
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
 
 
@@ -55,8 +57,8 @@ def _array_bytes(text: str) -> int:
     return total
 
 
-def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
-    """Computation name -> its instruction lines, and the entry computation's name."""
+def _computations(hlo: str) -> tuple[dict[str, list[re.Match]], str]:
+    """Computation name -> its parsed instructions, and the entry computation's name."""
     computations, entry, name = {}, None, None
     for line in hlo.splitlines():
         header = re.match(r"^(ENTRY )?%(\S+) .*\{$", line)
@@ -64,43 +66,76 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
             name = header[2]
             computations[name] = []
             entry = name if header[1] else entry
-        elif name and line.strip() and line.strip() != "}":
-            computations[name].append(line)
+        elif name and (match := _INSTRUCTION.match(line)):
+            computations[name].append(match)
     return computations, entry
+
+
+def _name(instruction: re.Match) -> str:
+    return re.match(r"^\s*(?:ROOT )?(%\S+) =", instruction[0])[1]
+
+
+def _operands(instruction: re.Match) -> list[str]:
+    return re.findall(r"%[\w.\-]+", instruction["operands"])
+
+
+def _fusion_traffic(fused: list[re.Match]) -> int:
+    """Bytes one run of a fused computation reads and writes.
+
+    A parameter read only through dynamic-slices counts the slices; one that
+    is only the buffer a dynamic-update-slice writes into (in place) counts
+    nothing; the root's dynamic-update-slices count their updates.
+    """
+    by_name = {_name(i): i for i in fused}
+    users = {name: [i for i in fused if name in _operands(i)] for name in by_name}
+    traffic = 0
+    for name, instruction in by_name.items():
+        if instruction["opcode"] != "parameter":
+            continue
+        readers = users[name]
+        sliced = readers and all(_operands(r)[0] == name for r in readers)
+        if sliced and all(r["opcode"] == "dynamic-slice" for r in readers):
+            traffic += sum(_array_bytes(r["type"]) for r in readers)
+        elif sliced and all(r["opcode"] == "dynamic-update-slice" for r in readers):
+            continue
+        else:
+            traffic += _array_bytes(instruction["type"])
+    root = next(i for i in fused if i[0].lstrip().startswith("ROOT"))
+    outputs = [by_name[o] for o in _operands(root)] if root["opcode"] == "tuple" else [root]
+    for output in outputs:
+        if output["opcode"] == "dynamic-update-slice":
+            traffic += _array_bytes(by_name[_operands(output)[1]]["type"])
+        else:
+            traffic += _array_bytes(output["type"])
+    return traffic
 
 
 def kernel_traffic(hlo: str) -> tuple[int, int]:
     """(kernel launches, bytes read and written by them) of a compiled GPU program, loops unrolled."""
     computations, entry = _computations(hlo)
-    shapes = {}
-    for lines in computations.values():
-        for line in lines:
-            match = re.match(r"^\s*(?:ROOT )?(%\S+) = (.+?) [\w-]+\(", line)
-            if match:
-                shapes[match[1]] = match[2]
+    types = {_name(i): i["type"] for instructions in computations.values() for i in instructions}
 
     def cost(name: str) -> tuple[int, int]:
         launches = traffic = 0
-        for line in computations.get(name, []):
-            match = _INSTRUCTION.match(line)
-            if not match:
-                continue
-            opcode = match["opcode"]
+        for instruction in computations.get(name, []):
+            opcode, rest = instruction["opcode"], instruction["rest"]
             if opcode in _KERNEL_OPCODES:
-                operands = re.findall(r"%[\w.\-]+", match["operands"])
                 launches += 1
-                traffic += _array_bytes(match["type"]) + sum(_array_bytes(shapes.get(o, "")) for o in operands)
+                fused = re.search(r"calls=%([\w.\-]+)", rest) if opcode == "fusion" else None
+                if fused:
+                    traffic += _fusion_traffic(computations[fused[1]])
+                else:
+                    operands = [types[o] for o in _operands(instruction)]
+                    traffic += _array_bytes(instruction["type"]) + sum(map(_array_bytes, operands))
             elif opcode == "while":
-                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', match["rest"])
-                body = re.search(r"body=%([\w.\-]+)", match["rest"])[1]
-                condition = re.search(r"condition=%([\w.\-]+)", match["rest"])[1]
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
                 n = int(trips[1]) if trips else 1
-                for part in (body, condition):
+                for part in re.findall(r"(?:condition|body)=%([\w.\-]+)", rest):
                     part_launches, part_traffic = cost(part)
                     launches += n * part_launches
                     traffic += n * part_traffic
             elif opcode in ("call", "conditional"):
-                for callee in re.findall(r"(?:to_apply=|branch_computations=\{|, )%([\w.\-]+)", match["rest"]):
+                for callee in re.findall(r"(?:to_apply=|branch_computations=\{|, )%([\w.\-]+)", rest):
                     part_launches, part_traffic = cost(callee)
                     launches += part_launches
                     traffic += part_traffic
@@ -136,7 +171,9 @@ def measure(backend: str, inputs) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--card", default="t4", help=f"one of {', '.join(targets.GPU_CARDS)}")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()

@@ -53,10 +53,11 @@ BACKENDS = ("auto", "associative", "chunked", "pallas", "sequential")
 # keeps the associative scan: the Triton kernel has never been lowered for it.
 AUTO_BACKENDS = {"cpu": "sequential", "cuda": "pallas", "rocm": "associative", "tpu": "pallas"}
 # An NVIDIA GPU below compute capability 8.0 (T4, V100), where XLA refuses
-# Triton: of the XLA back ends compiled for a T4 at the published size, the
-# chunked scan runs 85x fewer kernels than the sequential loop and keeps 1 of
-# 64 states where the associative scan keeps all (benchmarks/gpu_scan_backends.py,
-# docs/performance.md).
+# Triton. Of the XLA back ends compiled for a T4 at the published size
+# (fwd+bwd), the chunked scan's kernels move the fewest bytes (57 GB against
+# the sequential loop's 186 and the associative scan's 83), in 85x fewer
+# launches than the loop and with 1/8 of the associative scan's temporaries
+# (benchmarks/gpu_scan_backends.py, docs/performance.md).
 PRE_TRITON_GPU_BACKEND = "chunked"
 # The Pallas kernel of each platform that has one; elsewhere pallas_scan picks
 # (the TPU kernel, interpreted).
@@ -87,9 +88,10 @@ def resolve_backend(backend: Backend, target=None) -> str:
         raise ValueError(f"unknown scan backend {backend!r}; expected one of {BACKENDS}")
     target = _as_target(target)
     if backend == "pallas" and target.platform == "cuda" and not target.supports_triton:
+        capability = ".".join(map(str, target.compute_capability))
         raise ValueError(
             f"scan back end 'pallas' needs Triton, which XLA compiles for NVIDIA GPUs of compute "
-            f"capability 8.0 and up; {target.device_kind} is {'.'.join(map(str, target.compute_capability))}: "
+            f"capability 8.0 and up; {target.device_kind} is {capability}: "
             f"use scan 'auto' ({PRE_TRITON_GPU_BACKEND} there), 'chunked', 'sequential' or 'associative'"
         )
     if backend != "auto":
