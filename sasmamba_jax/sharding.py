@@ -102,19 +102,22 @@ def place_params(params, mesh: Mesh):
 
 
 def params_mesh(params) -> Mesh:
-    """The ("data", "fsdp") mesh a model's parameters live on; a one-device mesh for parameters on one device.
+    """The ("data", "fsdp") mesh a model's parameters live on.
+
+    A one-device mesh for parameters on one device, or on the host (numpy
+    arrays, which jit puts on the default device).
 
     Raises:
         ValueError: the parameters are spread over devices in another way
             (place them with ``place_params``).
     """
-    shardings = [leaf.sharding for leaf in jax.tree.leaves(params)]
+    shardings = [leaf.sharding for leaf in jax.tree.leaves(params) if isinstance(leaf, jax.Array)]
     meshes = {s.mesh for s in shardings if isinstance(s, NamedSharding)}
     if len(meshes) == 1 and all(isinstance(s, NamedSharding) for s in shardings):
         (mesh,) = meshes
         if mesh.axis_names == DATA_AXES:
             return mesh
-    devices = {device for s in shardings for device in s.device_set}
+    devices = {device for s in shardings for device in s.device_set} or {jax.devices()[0]}
     if len(devices) == 1:
         return Mesh(np.asarray(list(devices)).reshape(1, 1), DATA_AXES)
     raise ValueError(

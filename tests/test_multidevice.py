@@ -88,7 +88,8 @@ def _entry_points_main(workdir, keypoints_path, output_dir):
     # What load_model does with every device: the parameters on all of them.
     params = jax.tree.leaves(checkpoint.params_of(checkpoint.load_model(workdir)))
     with open(os.path.join(output_dir, "devices.json"), "w") as f:
-        json.dump({"device_count": jax.device_count(), "param_devices": len(params[0].sharding.device_set)}, f)
+        devices = {"device_count": jax.device_count(), "param_devices": len(params[0].sharding.device_set)}
+        json.dump(devices, f)
     sys.argv = [
         "eval.py",
         *CONFIG_FLAGS,
