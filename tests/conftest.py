@@ -4,6 +4,8 @@ import pathlib
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
+# A few test runs' compiles (one run of the suite writes about 200 MB).
+CACHE_MAX_BYTES = 2 * 2**30
 
 # The tests run on the CPU (fake CPU devices for the multi-device ones). With
 # the CUDA plugin installed for the deviceless GPU compiles, a process that
@@ -29,6 +31,12 @@ def pytest_configure(config: pytest.Config) -> None:
     train.py process compiles nothing twice. Every compile is kept, the
     small ones too: a test run is thousands of them. Set here, before any
     test module imports jax; settings from the environment are kept.
+
+    A size limit also makes jax lock the folder for every read and write:
+    without one it writes entries in place, unlocked, and a process that
+    reads an entry while another writes it reads a truncated executable.
+    The tests' processes (xdist workers, train.py children, process pairs)
+    share the folder at the same time.
     """
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         if config.cache is None:  # run with -p no:cacheprovider: no cache at all
@@ -36,6 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
 
 
 @pytest.fixture(scope="session")
