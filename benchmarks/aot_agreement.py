@@ -94,7 +94,7 @@ def main():
     step_args = placed_like_training(config, mesh)
     start = time.perf_counter()
     with jax.set_mesh(mesh), targets.persistent_cache_for(devices):
-        compiled = train_lib.train_step.lower(*step_args).compile()
+        compiled = train_lib.train_step.lower(*step_args).compile(targets.compiler_options(devices))
     peak = step_memory.compiled_peak_bytes(compiled)
     seconds = time.perf_counter() - start
     ratio = peak / report["peak_bytes_per_chip"]

@@ -1,7 +1,7 @@
 """Per-chip peak memory and compile time of the published training steps on TPUs and GPUs, from the aot tool.
 
     PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl
-    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl --topologies=h100,t4
+    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl --topologies=a100
     PYTHONPATH=. python benchmarks/tpu_fit.py --configs=small --topologies=v5e:1x1 --scans=pallas
 
 Each cell is one ``python -m sasmamba_jax.aot`` process (config as shipped,
@@ -15,6 +15,7 @@ config, topology and remat, a column per back end.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ def parse_args():
     )
     parser.add_argument("--configs", default="small,large")
     parser.add_argument(
-        "--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1", help="TPU topologies or GPU hosts, e.g. h100,t4"
+        "--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1,h100,t4", help="TPU topologies or GPU hosts"
     )
     parser.add_argument("--scans", default="pallas,sequential,chunked,associative")
     parser.add_argument("--remats", default="False,True")
@@ -61,9 +62,16 @@ def compile_cell(config, topology, scan, remat, timeout):
         except subprocess.TimeoutExpired:
             return {"error": f"compile ran over {timeout} s"}
         if not os.path.exists(path):
-            return {"error": (result.stderr.strip().splitlines() or ["no report"])[-1][:200]}
+            return {"error": _error_line(result.stderr)}
         with open(path) as f:
             return json.load(f)
+
+
+def _error_line(stderr: str) -> str:
+    """The line of a failed tool run that says what went wrong (the tool's own, or the exception's)."""
+    lines = stderr.strip().splitlines() or ["no report"]
+    errors = [line for line in lines if re.match(r"^(aot: error:|\w[\w.]*(Error|Exception)\b)", line)]
+    return (errors or lines)[-1][:200]
 
 
 def format_cell(row):

@@ -1,4 +1,4 @@
-"""Will it fit? train.py's step (or the evaluation forward) compiled for a TPU topology or a GPU host, without either.
+"""Will it fit? train.py's step (or the evaluation forward) compiled for a TPU topology or a GPU host, here.
 
     python -m sasmamba_jax.aot --config=configs/h36m_243.py --topology=v5e:1x1
     python -m sasmamba_jax.aot --config=configs/h36m_243_large.py --topology=v5e:2x2 --json=fit.json
@@ -111,7 +111,8 @@ def _timed_peak(compile_fn, args, record: dict) -> int:
 
 def _train_peak(config: ml_collections.ConfigDict, mesh, record: dict) -> int:
     args = train_lib.abstract_train_step_args(config, mesh)
-    return _timed_peak(lambda *a: train_lib.train_step.lower(*a).compile(), args, record)
+    options = targets.compiler_options(list(mesh.devices.flat))
+    return _timed_peak(lambda *a: train_lib.train_step.lower(*a).compile(options), args, record)
 
 
 def _forward_peak(config: ml_collections.ConfigDict, mesh, batch: int, record: dict) -> int:
@@ -127,7 +128,8 @@ def _forward_peak(config: ml_collections.ConfigDict, mesh, batch: int, record: d
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def compile_forward(params, x):
-        return eval_lib._predict_batch.lower(graphdef, params, x, flip, replicated).compile()
+        lowered = eval_lib._predict_batch.lower(graphdef, params, x, flip, replicated)
+        return lowered.compile(targets.compiler_options(list(mesh.devices.flat)))
 
     return _timed_peak(compile_forward, (state.params, x), record)
 

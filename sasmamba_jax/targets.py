@@ -163,6 +163,19 @@ def gpu_devices(card: str, count: int = 1) -> list[jax.Device]:
     return list(description.devices)
 
 
+def compiler_options(devices: list[jax.Device]) -> dict[str, bool]:
+    """XLA options for compiling for compile-only ``devices``: ``jit(f).lower(...).compile(options)``.
+
+    For GPUs, no Triton GEMM fusions: with no GPU to autotune
+    on, XLA's default tiling of them fails for some of the model's dots (the
+    dt projection, "blkr,ker->blke", under remat or with two clips per GPU:
+    "INTERNAL: Couldn't find output tile sizes that satisfy hlo"), so dots go
+    to cuBLAS, one of the two choices a GPU's autotuner makes between. The
+    Pallas scan's own Triton kernels are not GEMM fusions and are unchanged.
+    """
+    return {"xla_gpu_enable_triton_gemm": False} if devices[0].platform == "gpu" else {}
+
+
 @contextlib.contextmanager
 def persistent_cache_for(devices: list[jax.Device]):
     """Compiles inside skip the persistent compilation cache when ``devices`` are compile-only GPUs.
@@ -203,7 +216,9 @@ def _card_device_kind(card: str) -> str:
 
 @functools.cache
 def _card_memory_by_device_kind() -> dict[str, int]:
-    return {_card_device_kind(card): int(_card_field(card, r"device_memory_size: (\d+)")) for card in GPU_CARDS}
+    return {
+        _card_device_kind(card): int(_card_field(card, r"device_memory_size: (\d+)")) for card in GPU_CARDS
+    }
 
 
 @functools.cache

@@ -119,7 +119,7 @@ def _compiled_scan(devices, backend):
     mesh = Mesh(np.array(devices), ("data",))
     with jax.set_mesh(mesh), targets.persistent_cache_for(devices):
         scan = jax.jit(lambda *args: selective_scan(*args, backend=backend))
-        return scan.lower(*_scan_inputs(mesh)).compile()
+        return scan.lower(*_scan_inputs(mesh)).compile(targets.compiler_options(devices))
 
 
 def test_auto_is_triton_on_h100_and_never_on_t4(cuda_registered):
@@ -193,7 +193,7 @@ def test_every_entry_point_compiles_for(cuda_registered, topology):
         return [program(*args) for program, args in zip(programs, arguments)]
 
     with jax.set_mesh(mesh), targets.persistent_cache_for(devices):
-        compiled = jax.jit(all_entry_points).lower(arguments).compile()
+        compiled = jax.jit(all_entry_points).lower(arguments).compile(targets.compiler_options(devices))
     calls = _custom_call_targets(compiled)
     if resolve_backend("auto", devices[0]) == "pallas":
         kernel = "tpu_custom_call" if devices[0].platform == "tpu" else TRITON_CALL
