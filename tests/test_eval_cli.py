@@ -93,6 +93,7 @@ def test_eval_py_bad_checkpoint_is_a_one_line_error(tmp_path, checkpoint, messag
     [
         (["--config.eval.flipp=False"], "unknown config key 'flipp' in --config.eval.flipp."),
         (["--config=configs/nope.py"], "No such file or directory: 'configs/nope.py'"),
+        (["--config.matmul_precision=fast"], "unknown matmul precision 'fast'; expected one of ('default'"),
         ([], "Flag --checkpoint must have a value"),
     ],
 )
