@@ -14,6 +14,7 @@ that eval.py and infer run one compiled program (and so do the 1-device
 references here).
 """
 
+import importlib.util
 import json
 import os
 import runpy
@@ -26,7 +27,7 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from sasmamba_jax import checkpoint, eval_lib, export, infer, inference, sharding, train_lib
+from sasmamba_jax import checkpoint, convert, eval_lib, export, infer, inference, sharding, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 4
@@ -85,11 +86,23 @@ def _run_entry_points(workdir, keypoints_path, output_dir, num_devices):
 
 def _entry_points_main(workdir, keypoints_path, output_dir):
     """The child: the three command lines as a user types them, one after another."""
-    # What load_model does with every device: the parameters on all of them.
-    params = jax.tree.leaves(checkpoint.params_of(checkpoint.load_model(workdir)))
+    # What load_model does with every device and each kind of checkpoint: every
+    # parameter on all of them.
+    model = checkpoint.load_model(workdir)
+    model_dir = os.path.join(output_dir, "model")
+    checkpoint.save_model(model, model_dir)
+    kinds = {"workdir": workdir, "model_dir": model_dir}
+    if importlib.util.find_spec("torch") is not None:
+        kinds["pth"] = os.path.join(output_dir, "model.pth")
+        convert.write_pytorch_checkpoint(checkpoint.export_pytorch_state_dict(model), kinds["pth"])
+
+    def devices_per_parameter(path):
+        params = jax.tree.leaves(checkpoint.params_of(checkpoint.load_model(path)))
+        return sorted({len(param.sharding.device_set) for param in params})
+
+    param_devices = {kind: devices_per_parameter(path) for kind, path in kinds.items()}
     with open(os.path.join(output_dir, "devices.json"), "w") as f:
-        devices = {"device_count": jax.device_count(), "param_devices": len(params[0].sharding.device_set)}
-        json.dump(devices, f)
+        json.dump({"device_count": jax.device_count(), "param_devices": param_devices}, f)
     sys.argv = [
         "eval.py",
         *CONFIG_FLAGS,
@@ -133,7 +146,9 @@ def _one_device_results(workdir, keypoints_path):
 
 
 def _assert_same_results(ours, single, keypoints_path):
-    assert ours["device_count"] == NUM_DEVICES and ours["param_devices"] == NUM_DEVICES
+    assert ours["device_count"] == NUM_DEVICES
+    assert {"workdir", "model_dir"} <= ours["param_devices"].keys()
+    assert all(counts == [NUM_DEVICES] for counts in ours["param_devices"].values()), ours["param_devices"]
     np.testing.assert_allclose(ours["p1"], single["p1"], rtol=0, atol=P1_ATOL_MM)
     np.testing.assert_allclose(ours["poses"], single["poses"], rtol=0, atol=POSES_ATOL)
     frames = single["model"].config.num_frames
