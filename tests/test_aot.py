@@ -1,4 +1,4 @@
-"""The ahead-of-time compile tool on TPU topologies, the memory choice it shares with train.py, `auto` per platform.
+"""The ahead-of-time compile tool on TPU topologies, the memory choice it shares with train.py, `auto`.
 
 Every TPU compile here is deviceless (libtpu, no TPU): ``jax.experimental.topologies``.
 The GPU targets have tests/test_gpu_targets.py.
@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import tiny  # noqa: E402
 from sasmamba_jax import aot, sharding, step_memory, targets, train_lib  # noqa: E402
-from sasmamba_jax.ops.selective_scan import resolve_backend, selective_scan  # noqa: E402
+from sasmamba_jax.ops.selective_scan import lowered_for_platforms, resolve_backend, selective_scan  # noqa: E402
 
 GiB = 2**30
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -345,3 +345,18 @@ def test_auto_is_decided_by_the_mesh_in_context(v5e_1x1):
     assert loops > 0 and kernels == 0
     loops, kernels = tpu_auto
     assert loops == 0 and kernels > 0
+
+
+def test_a_program_lowered_for_several_platforms_gets_each_platforms_back_end():
+    def exported_module(backend, platforms):
+        scan = jax.jit(lambda *args: selective_scan(*args, backend=backend))
+        return jax.export.export(scan, platforms=platforms)(*_scan_operands()).mlir_module()
+
+    with lowered_for_platforms(("cpu", "cuda")):
+        both = exported_module("auto", ("cpu", "cuda"))
+    cpu_loops = exported_module("sequential", ("cpu",)).count("stablehlo.while")
+    cuda_loops = exported_module("chunked", ("cuda",)).count("stablehlo.while")
+    # One branch per platform: the sequential loop for CPU, and for CUDA the
+    # chunked scan, which every NVIDIA GPU compiles (no Triton call).
+    assert both.count("stablehlo.while") == cpu_loops + cuda_loops
+    assert "triton" not in both
