@@ -86,7 +86,9 @@ def current_target() -> Target:
     in context, so compile-only devices count: a program traced under
     ``jax.set_mesh`` of an ``h100`` mesh targets an H100 on any host. Both are
     part of jax's tracing cache key, so a program traced for one target is
-    never reused for another.
+    never reused for another. The arguments' shardings are not: a trace does
+    not see them, so a program whose arguments live on other devices than the
+    default one is traced under their mesh.
     """
     abstract_device = jax.sharding.get_abstract_mesh().abstract_device
     if abstract_device is not None:
