@@ -1,11 +1,12 @@
 """The evaluation forward on a device mesh, model predictions on test clips, and the tasks.
 
-Every program that runs the model for its predictions runs ``_predict_batch``
-through ``predict_batch``: ``train.py``'s periodic evaluation, ``eval.py``,
-``inference.predict`` and ``lift`` (so ``infer``), and what the aot tool's
-``--mode=forward`` compiles. It runs under the mesh the parameters live on
-(``jax.set_mesh``: the Pallas scan and the deformable convolution split
+``_predict_batch`` is the one jitted forward behind every prediction:
+``predict_batch`` runs it for ``train.py``'s periodic evaluation, ``eval.py``,
+``inference.predict`` and ``lift`` (so ``infer``), and the aot tool's
+``--mode=forward`` compiles it. It runs under the mesh the parameters live
+on (``jax.set_mesh``: the Pallas scan and the deformable convolution split
 themselves over its batch) and under one float32 matmul precision.
+``export`` serialises ``eval_forward``, its body, as a one-device program.
 """
 
 import contextlib
