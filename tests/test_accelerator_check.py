@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -170,6 +171,20 @@ def test_parity_covers_what_auto_picks_on_each_platform(check_module, target, ex
             pytest.skip(f"the CUDA plugin is not installed ({targets.GPU_AOT_INSTALL})")
         (device,) = targets.topology_devices(target)
     assert module.auto_backends(device) == expected
+
+
+def test_a_slow_call_is_timed_fewer_times(check_module):
+    """The warm-up call decides how many timed calls fit the cap; never fewer than one."""
+    module, _ = check_module
+
+    def call(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    fast = module.time_compiled(call, [0.001], repeats=3, cap_s=10.0)
+    slow = module.time_compiled(call, [0.05], repeats=3, cap_s=0.01)
+    assert fast["repeats"] == 3 and slow["repeats"] == 1
+    assert slow["median_s"] >= 0.05 and fast["min_s"] <= fast["median_s"] <= fast["max_s"]
 
 
 @pytest.mark.parametrize(
