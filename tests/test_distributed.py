@@ -1,3 +1,5 @@
+import warnings
+
 import jax
 import pytest
 
@@ -38,3 +40,31 @@ def test_launchers_are_detected(calls, monkeypatch, name, value, joins):
     monkeypatch.setenv(name, value)
     distributed.initialize()
     assert calls == ([{}] if joins else [])
+
+
+@pytest.fixture
+def cache_settings():
+    """A persistent compilation cache configured, and the session's settings put back after."""
+    names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", "/shared/jax-cache")
+    jax.config.update("jax_enable_compilation_cache", True)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.mark.parametrize("backend, processes", [("cpu", 2), ("cpu", 1), ("gpu", 2)])
+def test_only_a_multi_process_cpu_run_turns_the_compilation_cache_off(
+    calls, cache_settings, monkeypatch, backend, processes
+):
+    """On CPUs only process 0 would hit the cache (docs/guide.md): tests/test_multihost.py resumes a run."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    turned_off = backend == "cpu" and processes > 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distributed.initialize("10.0.0.1:1234", 2, 1)
+    assert jax.config.jax_enable_compilation_cache is not turned_off
+    said = [str(w.message) for w in caught if "persistent compilation cache off" in str(w.message)]
+    assert len(said) == int(turned_off)
