@@ -132,11 +132,15 @@ def load_params(params_dir: str | os.PathLike, config: SasMambaConfig, mesh: Mes
     target = _restore_target(abstract_params(config), mesh)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(params_dir, target)
+            # Shapes first: orbax refuses a sharded target of another shape
+            # with advice about its own options, not the arrays that differ.
+            saved = checkpointer.metadata(params_dir).item_metadata.tree
+            check_shapes(saved, target, f"the parameters in {params_dir}")
+            return checkpointer.restore(params_dir, target)
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"cannot restore parameters from {params_dir}: {first_line(e)}") from None
-    check_shapes(params, target, f"the parameters in {params_dir}")
-    return params
 
 
 def check_shapes(restored: Any, target: Any, what: str) -> None:
