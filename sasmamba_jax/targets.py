@@ -180,14 +180,15 @@ def compiler_options(devices: list[jax.Device]) -> dict[str, bool]:
 
 @contextlib.contextmanager
 def persistent_cache_for(devices: list[jax.Device]):
-    """Compiles inside skip the persistent compilation cache when ``devices`` are compile-only GPUs.
+    """Compiles inside skip the persistent compilation cache when ``devices`` are compile-only.
 
-    An executable a CUDA compile writes there cannot be read back ("PjRtCompiler
-    must be constructed with a Client"): a later compile of the same program
-    warns and compiles again. jax decides once per process whether to use the
+    An executable compiled for a topology's devices (a TPU's or a GPU's, not
+    this process's) cannot be read back from the cache ("PjRtCompiler must be
+    constructed with a Client"): a later compile of the same program warns
+    and compiles again. jax decides once per process whether to use the
     cache, so the decision is reset on the way in and out.
     """
-    if devices[0].platform != "gpu":
+    if devices[0] in jax.devices():
         yield
         return
     enabled = jax.config.jax_enable_compilation_cache

@@ -93,6 +93,7 @@ def _check_quick_run(output, report, table, scan_backends, train_backends):
     assert "where the time went:" in output
 
 
+@pytest.mark.slow  # a model gradient and a training step compiled in a child process: a minute cold
 def test_quick_run_writes_every_row_and_parity_passes(tmp_path):
     """The default run's share: two XLA scan back ends, the sequential step split over both devices."""
     scan_backends, train_backends = ("sequential", "chunked"), ("sequential",)

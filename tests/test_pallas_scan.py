@@ -20,6 +20,7 @@ import numpy_reference as ref
 import pytest
 from test_selective_scan import INPUT_NAMES, _random_inputs, _relative_error
 
+from sasmamba_jax import targets
 from sasmamba_jax.ops import pallas_scan, pallas_scan_tpu, selective_scan
 
 # (batch, L, K, E, N): L = 150 and 131 end in a ragged tile of 128 steps and
@@ -115,25 +116,16 @@ def _loss_gradients(*args):
     return jax.grad(lambda *a: jnp.sum(selective_scan(*a, backend="pallas") ** 2), range(7))(*args)
 
 
-def _tpu_v5e_mesh():
-    pytest.importorskip("libtpu", reason="libtpu is not installed: pip install 'jax[tpu]'")
-    from jax.experimental import topologies
-
-    topology = topologies.get_topology_desc(
-        platform="tpu",
-        topology_name="v5e:1x1",
-        chip_config_name="default",
-        chips_per_host_bounds=(1, 1, 1),
-        num_slices=1,
-    )
-    return jax.sharding.Mesh(np.array(topology.devices), ("data",))
-
-
 def test_published_size_compiles_for_tpu_v5e_to_mosaic_without_storing_states():
-    replicated = jax.sharding.NamedSharding(_tpu_v5e_mesh(), jax.sharding.PartitionSpec())
-    lowered = jax.jit(_loss_gradients).lower(*_abstract_inputs(replicated))
-    assert lowered.as_text().count("tpu_custom_call") == 2  # the forward and backward kernels
-    memory = lowered.compile().memory_analysis()
+    pytest.importorskip("libtpu", reason="libtpu is not installed: pip install 'jax[tpu]'")
+    devices = targets.topology_devices("v5e:1x1")
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), ("data",)), jax.sharding.PartitionSpec()
+    )
+    with targets.persistent_cache_for(devices):
+        lowered = jax.jit(_loss_gradients).lower(*_abstract_inputs(replicated))
+        assert lowered.as_text().count("tpu_custom_call") == 2  # the forward and backward kernels
+        memory = lowered.compile().memory_analysis()
 
     b, length, k, e, n = PUBLISHED.values()
     every_state_bytes = b * length * k * e * n * 4  # 2.17 GB
