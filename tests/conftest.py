@@ -39,9 +39,10 @@ def pytest_configure(config: pytest.Config) -> None:
     share the folder at the same time.
     """
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        if config.cache is None:  # run with -p no:cacheprovider: no cache at all
+        pytest_cache = getattr(config, "cache", None)
+        if pytest_cache is None:  # run with -p no:cacheprovider: no compilation cache either
             return
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(pytest_cache.mkdir("jax-compilation-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
