@@ -23,7 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 from configs import tiny  # noqa: E402
 from sasmamba_jax import aot, sharding, step_memory, targets, train_lib  # noqa: E402
-from sasmamba_jax.ops.selective_scan import lowered_for_platforms, resolve_backend, selective_scan  # noqa: E402
+from sasmamba_jax.ops.selective_scan import (  # noqa: E402
+    lowered_for_platforms,
+    resolve_backend,
+    selective_scan,
+)
 
 GiB = 2**30
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -82,6 +86,8 @@ def test_tiny_training_step_fits_one_v5e_chip(tmp_path):
     assert result.stderr == ""
 
 
+# Slow: a second tool compile; the out-of-memory report itself is checked below without one.
+@pytest.mark.slow
 def test_an_over_large_batch_reports_that_it_does_not_fit(tmp_path):
     result, report = _run_aot(
         "--config=configs/tiny.py",

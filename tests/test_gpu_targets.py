@@ -224,6 +224,7 @@ def _run_aot(*args, tmp_path):
     return result, report
 
 
+@pytest.mark.slow  # a tool run; the T4 entry points compile in the default run above
 def test_the_tool_reports_a_t4_with_an_xla_scan(tmp_path):
     # The forward: the train step for a T4 is compiled above, and the tool's
     # train mode by tests/test_aot.py.
