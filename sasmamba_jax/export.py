@@ -11,6 +11,7 @@ package's model code; so does ``jax.export.deserialize`` on the file's bytes.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from sasmamba_jax.checkpoint import load_model
 from sasmamba_jax.eval_lib import MATMUL_PRECISIONS, eval_forward, use_matmul_precision
 from sasmamba_jax.inference import EXPORT_FORMAT, EXPORT_METADATA_SUFFIX
 from sasmamba_jax.model import SasMamba
+from sasmamba_jax.ops.selective_scan import lowered_for_platforms
 
 
 def export_forward(
@@ -72,7 +74,10 @@ def export_forward(
         return eval_forward(nnx.merge(graphdef, params), x, permutation)
 
     input_shape = (batch, frames, config.num_joints, config.in_chans)
-    with use_matmul_precision(matmul_precision):
+    # Several platforms: each gets its own scan back end when lowered, not the
+    # exporting host's.
+    per_platform = lowered_for_platforms(platforms) if platforms else contextlib.nullcontext()
+    with use_matmul_precision(matmul_precision), per_platform:
         exported = jax.export.export(jax.jit(forward), platforms=platforms)(
             jax.ShapeDtypeStruct(input_shape, np.float32)
         )
