@@ -36,7 +36,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL_OVERRIDES = ["--config.model.num_frames=9", "--config.model.depth=1"]
 
 
-def _run_aot(*args, tmp_path):
+def _run_aot(*args, tmp_path, env=None):
+    """The tool in a process of its own (``env``: default, this one's with JAX_PLATFORMS=cpu); its report."""
     json_path = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "sasmamba_jax.aot", *args, f"--json={json_path}"],
@@ -45,7 +46,7 @@ def _run_aot(*args, tmp_path):
         cwd=REPO_ROOT,
         # About 2 minutes a compile on 2 busy CPU cores; far more on a loaded machine.
         timeout=1800,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"} if env is None else env,
     )
     report = json.loads(json_path.read_text()) if json_path.exists() else None
     return result, report

@@ -8,7 +8,6 @@ Without the plugin the tests skip, saying so.
 """
 
 import importlib.util
-import json
 import os
 import pathlib
 import re
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_aot
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -210,18 +210,9 @@ def test_every_entry_point_compiles_for(cuda_registered, topology):
 
 
 def _run_aot(*args, tmp_path):
-    json_path = tmp_path / "report.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "sasmamba_jax.aot", *args, f"--json={json_path}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=1800,
-        # The tool sets its own platforms: JAX_PLATFORMS is left out to show it.
-        env={k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"},
-    )
-    report = json.loads(json_path.read_text()) if json_path.exists() else None
-    return result, report
+    # The tool sets its own platforms: JAX_PLATFORMS is left out to show it.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    return test_aot._run_aot(*args, tmp_path=tmp_path, env=env)
 
 
 @pytest.mark.slow  # a tool run; the T4 entry points compile in the default run above
