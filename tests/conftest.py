@@ -1,6 +1,7 @@
 import os
 import pathlib
 
+import fast_compile
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
@@ -20,6 +21,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # not lock each other out: a deviceless compile holds no chip.
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+fast_compile.install()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import fast_compile
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -553,7 +554,8 @@ def test_demo_training_beats_the_mean_pose_baseline_within_ten_minutes(tmp_path)
     started = time.time()
     result = subprocess.run(
         [sys.executable, TRAIN_PY, f"--workdir={workdir}"],
-        env=SUBPROCESS_ENV,
+        # The time limit is the README's promise, so the run compiles as a user's does.
+        env=fast_compile.without_flags(SUBPROCESS_ENV),
         cwd=tmp_path,
         capture_output=True,
         text=True,
