@@ -61,6 +61,8 @@ def v5e_1x1():
 # The tool
 
 
+# Slow: compiles for compile-only devices cannot be cached, so every run would pay them.
+@pytest.mark.slow
 def test_tiny_training_step_fits_one_v5e_chip(tmp_path):
     result, report = _run_aot(
         "--config=configs/tiny.py", "--topology=v5e:1x1", *SMALL_OVERRIDES, tmp_path=tmp_path
@@ -161,6 +163,7 @@ def test_hbm_table_is_what_the_compiler_allows(topology, chips, kind):
     assert abs(available - step_memory.device_memory_bytes(devices[0])) <= 0.005 * GiB
 
 
+@pytest.mark.slow  # a compile for a compile-only device
 def test_forward_mode_compiles_the_evaluation_forward(v5e_1x1):
     config = tiny.get_config()
     with config.unlocked():

@@ -62,6 +62,8 @@ def _check_kernels(targets):
         assert all("reduce" in name for name in targets[card]["xla_kernels"]), targets[card]["xla_kernels"]
 
 
+# Slow: compiles for compile-only devices cannot be cached, so every run would pay them.
+@pytest.mark.slow
 def test_small_size_kernels_fit_in_128_registers_without_spilling(tmp_path):
     _check_kernels(_figures("small", tmp_path))
 

@@ -181,6 +181,8 @@ def _clips(config, mesh):
     return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh))
 
 
+# Slow: compiles for compile-only devices cannot be cached, so every run would pay them.
+@pytest.mark.slow
 @pytest.mark.parametrize("topology", ["v5e:2x2", "h100", "t4"])
 def test_every_entry_point_compiles_for(cuda_registered, topology):
     config = _small_config()
@@ -215,7 +217,7 @@ def _run_aot(*args, tmp_path):
     return test_aot._run_aot(*args, tmp_path=tmp_path, env=env)
 
 
-@pytest.mark.slow  # a tool run; the T4 entry points compile in the default run above
+@pytest.mark.slow
 def test_the_tool_reports_a_t4_with_an_xla_scan(tmp_path):
     # The forward: the train step for a T4 is compiled above, and the tool's
     # train mode by tests/test_aot.py.

@@ -55,6 +55,8 @@ def v5e_matmuls():
     return {precision: _float32_matmuls(_v5e_forward_hlo(precision)) for precision in ("default", "highest")}
 
 
+# Slow: compiles for compile-only devices cannot be cached, so every run would pay them.
+@pytest.mark.slow
 def test_on_tpu_the_default_precision_leaves_float32_matmuls_to_the_platform(v5e_matmuls):
     """No operand_precision: the TPU's default, one bfloat16 pass."""
     # The patch embedding, the layer loop's linear layers, its deformable
@@ -63,6 +65,7 @@ def test_on_tpu_the_default_precision_leaves_float32_matmuls_to_the_platform(v5e
     assert not [matmul for matmul in v5e_matmuls["default"] if "operand_precision" in matmul]
 
 
+@pytest.mark.slow  # the same compiles as above
 def test_on_tpu_highest_makes_every_float32_matmul_full_precision(v5e_matmuls):
     assert len(v5e_matmuls["highest"]) == len(v5e_matmuls["default"])
     assert all("operand_precision={highest,highest}" in matmul for matmul in v5e_matmuls["highest"])

@@ -153,6 +153,7 @@ def _leaves(tree):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps(tmp_path):
     """Two processes end with the parameters of one process with the same devices. Checkpointing
     and evaluating every step, both managers of both processes save every step, concurrently."""
@@ -214,6 +215,7 @@ CACHE_OFF = "persistent compilation cache off: in a multi-process run on CPUs"
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_path):
     """The three pairs share one persistent compilation cache that keeps every compile, as a
     restarted pod does. On CPUs each process would look programs up under its own keys while only

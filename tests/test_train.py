@@ -549,6 +549,7 @@ DEMO_LIMIT_S = 600
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_demo_training_beats_the_mean_pose_baseline_within_ten_minutes(tmp_path):
     workdir = tmp_path / "demo"
     started = time.time()
