@@ -6,9 +6,10 @@ this test session keeps its one device and computes the 1-device results
 itself. eval.py, infer and export run in one child (this file run as a
 script), so that jax, flax and orbax are imported once for the three.
 
-The default run evaluates, lifts and exports a workdir written here without
-training (a checkpoint as train.py writes them, of random parameters); the
-slow check runs the whole path from train.py, on 4 devices and on 1. Both
+Two slow checks: one evaluates, lifts and exports a workdir written here
+without training (a checkpoint as train.py writes them, of random
+parameters); the other runs the whole path from train.py, on 4 devices and
+on 1. Both
 evaluate in batches of one window per device, as infer lifts by default, so
 that eval.py and infer run one compiled program (and so do the 1-device
 references here).
@@ -179,6 +180,8 @@ def random_workdir(tmp_path_factory):
     return str(workdir)
 
 
+# Slow: the 4-device child and the 1-device references, half a minute on a cold cache.
+@pytest.mark.slow
 def test_eval_infer_and_export_on_4_devices_match_1_device(random_workdir, keypoints_path, tmp_path):
     ours = _run_entry_points(random_workdir, keypoints_path, str(tmp_path), NUM_DEVICES)
     single = _one_device_results(random_workdir, keypoints_path)
@@ -186,7 +189,7 @@ def test_eval_infer_and_export_on_4_devices_match_1_device(random_workdir, keypo
 
 
 # ---------------------------------------------------------------------------
-# Slow checks: the whole path from train.py
+# The whole path from train.py
 
 
 def _train(workdir, num_devices):

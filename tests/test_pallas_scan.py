@@ -162,6 +162,9 @@ def test_ragged_tiles_never_reach_the_state():
     np.testing.assert_allclose(np.asarray(prefix), np.asarray(full[:, :cut]), rtol=0, atol=1e-6)
 
 
+# Slow: the interpreted kernel in a whole training step; the kernel's own forward
+# and gradients are checked against numpy above.
+@pytest.mark.slow
 def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir):
     """The release's three recorded AdamW steps, with every scan of the model fused."""
     from test_train import ATOL, LOSS_RTOL, RELEASE_STEPS, _release_batch, _release_names
