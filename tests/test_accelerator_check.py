@@ -93,17 +93,10 @@ def _check_quick_run(output, report, table, scan_backends, train_backends):
     assert "where the time went:" in output
 
 
-@pytest.mark.slow  # a model gradient and a training step compiled in a child process: a minute cold
-def test_quick_run_writes_every_row_and_parity_passes(tmp_path):
-    """The default run's share: two XLA scan back ends, the sequential step split over both devices."""
-    scan_backends, train_backends = ("sequential", "chunked"), ("sequential",)
-    output, report, table = _quick_run(tmp_path, scan_backends, train_backends)
-    _check_quick_run(output, report, table, scan_backends, train_backends)
-
-
-@pytest.mark.slow
+@pytest.mark.slow  # model gradients and training steps compiled in a child process: a minute
 def test_quick_run_with_every_default_back_end(tmp_path):
-    """The Pallas rows too: the scan's speed-up lines and the Pallas training step under the mesh."""
+    """Every row is written and parity passes, the Pallas rows too: the scan's speed-up lines
+    and the Pallas training step under the mesh."""
     scan_backends = ("sequential", "associative", "chunked", "pallas")
     train_backends = ("pallas", "sequential", "chunked")
     output, report, table = _quick_run(tmp_path, scan_backends, train_backends)
