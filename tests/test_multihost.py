@@ -152,16 +152,24 @@ def _leaves(tree):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
-@pytest.mark.slow
-@pytest.mark.alone
-def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps(tmp_path):
-    """Two processes end with the parameters of one process with the same devices. Checkpointing
-    and evaluating every step, both managers of both processes save every step, concurrently."""
+@pytest.fixture(scope="module")
+def every_step_runs(tmp_path_factory):
+    """A pair and a single process with the same devices, checkpointing and evaluating every
+    step for STEPS steps: their workdirs. The SIGTERM test below resumes to the pair's last step."""
     every_step = ("--config.checkpoint_every_steps=1", "--config.eval_every_steps=1")
-    pair_dir = tmp_path / "two_processes"
-    single_dir = tmp_path / "one_process"
+    root = tmp_path_factory.mktemp("every_step")
+    pair_dir, single_dir = root / "two_processes", root / "one_process"
     _run_all(_pair(pair_dir, *every_step, steps=STEPS))
     _run_all([(_train_command(single_dir, *every_step, steps=STEPS), _environment(4))])
+    return pair_dir, single_dir
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps(every_step_runs):
+    """Two processes end with the parameters of one process with the same devices. Checkpointing
+    and evaluating every step, both managers of both processes save every step, concurrently."""
+    pair_dir, single_dir = every_step_runs
 
     names = [name for _, dirs, files in os.walk(pair_dir) for name in dirs + files]
     assert [name for name in names if "tmp" in name] == []
@@ -191,7 +199,10 @@ def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps
 
 
 # A run long enough to be signalled mid-way; neither checkpoints nor
-# evaluations fall due before the preemption.
+# evaluations fall due before the preemption. Neither changes the training
+# itself: the number of epochs only bounds the run, and evaluating or saving
+# reads the state without touching it, so the every-step pair above is this
+# run's uninterrupted reference.
 LONG_RUN = (
     "--config.num_epochs=1000",
     "--config.checkpoint_every_steps=100000",
@@ -199,7 +210,6 @@ LONG_RUN = (
 )
 LONG_RUN_STEPS = 100000
 STEPS_BEFORE_SIGTERM = 2
-STEPS_AFTER_RESUME = 2
 
 
 def _logged_train_steps(workdir):
@@ -216,12 +226,13 @@ CACHE_OFF = "persistent compilation cache off: in a multi-process run on CPUs"
 
 @pytest.mark.slow
 @pytest.mark.alone
-def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_path):
-    """The three pairs share one persistent compilation cache that keeps every compile, as a
-    restarted pod does. On CPUs each process would look programs up under its own keys while only
-    process 0 writes them: the resumed pair's process 0 loaded the train step while process 1
-    compiled it, and gloo gave up waiting for process 1 after 30 s (docs/guide.md). Every process
-    of a multi-process CPU run now compiles for itself and says so; the cache stays empty."""
+def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_path, every_step_runs):
+    """The preempted and the resumed pair share one persistent compilation cache that keeps
+    every compile, as a restarted pod does. On CPUs each process would look programs up under
+    its own keys while only process 0 writes them: the resumed pair's process 0 loaded the
+    train step while process 1 compiled it, and gloo gave up waiting for process 1 after 30 s
+    (docs/guide.md). Every process of a multi-process CPU run now compiles for itself and says
+    so; the cache stays empty. The resumed run must end bit-identical to the every-step pair."""
     cache = tmp_path / "compilation_cache"
     preempted_dir = tmp_path / "preempted"
     processes = _start_all(_pair(preempted_dir, *LONG_RUN, steps=LONG_RUN_STEPS, compilation_cache_dir=cache))
@@ -235,20 +246,19 @@ def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_
     latest = _manager(preempted_dir, checkpoint.LATEST)
     assert len(latest.all_steps()) == 1
     saved = latest.all_steps()[0]
-    assert STEPS_BEFORE_SIGTERM <= saved < LONG_RUN_STEPS
+    assert STEPS_BEFORE_SIGTERM <= saved < STEPS
     for output in outputs:
         assert f"preempted: saved step {saved} in" in output, output[-2000:]
     assert not (preempted_dir / "results.json").exists()
 
-    final = saved + STEPS_AFTER_RESUME
+    final = STEPS
     resumed = _run_all(_pair(preempted_dir, *LONG_RUN, steps=final, compilation_cache_dir=cache))
     assert f"resumed from {latest.directory} at step {saved}" in resumed[0]
-    reference_dir = tmp_path / "uninterrupted"
-    uninterrupted = _run_all(_pair(reference_dir, *LONG_RUN, steps=final, compilation_cache_dir=cache))
-    for output in outputs + resumed + uninterrupted:
+    for output in outputs + resumed:
         assert CACHE_OFF in output, output[-2000:]
     assert not cache.exists() or not any(cache.iterdir())
 
+    reference_dir, _ = every_step_runs
     ours, our_loader = _restore_arrays(_manager(preempted_dir, checkpoint.LATEST), final)
     theirs, their_loader = _restore_arrays(_manager(reference_dir, checkpoint.LATEST), final)
     assert our_loader == their_loader
