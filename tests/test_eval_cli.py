@@ -58,6 +58,9 @@ def expected(data_dir):
     return {"flip": task.evaluate(flipped)["p1"], "no_flip": task.evaluate(plain)["p1"]}
 
 
+# Slow: eval.py over the whole test split twice, and the reference here, about 45 s
+# of a warm default run's worker time.
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [True, False])
 def test_eval_py_scores_a_release_checkpoint(data_dir, tmp_path, expected, flip):
     output = tmp_path / "results.json"
@@ -73,6 +76,7 @@ def test_eval_py_scores_a_release_checkpoint(data_dir, tmp_path, expected, flip)
     assert "Average" in result.stdout
 
 
+@pytest.mark.slow  # the reference predictions above
 def test_flipping_changes_the_score(expected):
     assert abs(expected["flip"] - expected["no_flip"]) > 1e-3
 
