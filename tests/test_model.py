@@ -55,7 +55,7 @@ def _release_scan_layout(t):
 def test_output_matches_release(tiny_model, reference):
     """With the default scan. Every back end reproduces the release's own scan in
     test_selective_scan.py, and the model with the Pallas scan takes the release's
-    training steps in test_pallas_scan.py."""
+    training steps in test_train.py."""
     out = np.asarray(predict(tiny_model, reference["x"]))
     assert np.max(np.abs(out - reference["y"])) <= ATOL
 

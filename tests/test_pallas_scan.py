@@ -162,40 +162,6 @@ def test_ragged_tiles_never_reach_the_state():
     np.testing.assert_allclose(np.asarray(prefix), np.asarray(full[:, :cut]), rtol=0, atol=1e-6)
 
 
-# Slow: the interpreted kernel in a whole training step; the kernel's own forward
-# and gradients are checked against numpy above.
-@pytest.mark.slow
-def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir):
-    """The release's three recorded AdamW steps, with every scan of the model fused."""
-    from test_train import ATOL, LOSS_RTOL, RELEASE_STEPS, _release_batch, _release_names
-
-    from configs import tiny
-    from sasmamba_jax import checkpoint, train_lib
-
-    with np.load(data_dir / "official_tiny_trainstep.npz") as f:
-        release = {key: f[key] for key in f.files}
-    release["config"] = json.loads(str(release["config"]))
-    config = tiny.get_config()
-    with config.unlocked():
-        config.optimizer.learning_rate = 5e-4
-    model = checkpoint.load_model(
-        data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad="release", scan="pallas"
-    )
-    state = train_lib.create_train_state(config, model)
-    for step in range(RELEASE_STEPS):
-        state, metrics = train_lib.train_step(state, _release_batch(release, step))
-        np.testing.assert_allclose(metrics["loss"], release["loss"][step], rtol=LOSS_RTOL)
-
-    # As in test_train: where AdamW's first step divides a gradient within a
-    # few eps of 0 by itself, rounding becomes a step of up to lr.
-    lr = config.optimizer.learning_rate
-    for name, value in _release_names(state.params, release).items():
-        error = np.abs(value - release[f"final/{name}"])
-        well_conditioned = np.abs(release[f"grad/{name}"]) >= 100 * config.optimizer.eps
-        assert np.all(error[well_conditioned] <= ATOL), name
-        assert np.all(error <= RELEASE_STEPS * lr), name
-
-
 SHARDED_CHILD = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np

@@ -137,6 +137,30 @@ def test_losses_and_their_terms_match_the_release(release, release_run):
     assert int(release_run["state"].step) == RELEASE_STEPS
 
 
+# Slow: the interpreted Pallas kernel in a whole training step; the kernel's own
+# forward and gradients are checked against numpy in test_pallas_scan.py.
+@pytest.mark.slow
+def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir, release, release_config):
+    """The release's three recorded AdamW steps, with every scan of the model fused."""
+    model = checkpoint.load_model(
+        data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad="release", scan="pallas"
+    )
+    state = train_lib.create_train_state(release_config, model)
+    for step in range(RELEASE_STEPS):
+        state, metrics = train_lib.train_step(state, _release_batch(release, step))
+        np.testing.assert_allclose(metrics["loss"], release["loss"][step], rtol=LOSS_RTOL)
+
+    # As in test_parameters_after_three_steps_match_the_release: where AdamW's
+    # first step divides a gradient within a few eps of 0 by itself, rounding
+    # becomes a step of up to lr.
+    lr = release_config.optimizer.learning_rate
+    for name, value in _release_names(state.params, release).items():
+        error = np.abs(value - release[f"final/{name}"])
+        well_conditioned = np.abs(release[f"grad/{name}"]) >= 100 * release_config.optimizer.eps
+        assert np.all(error[well_conditioned] <= ATOL), name
+        assert np.all(error <= RELEASE_STEPS * lr), name
+
+
 def test_predictions_match_the_release(release, release_run):
     for step, prediction in enumerate(release_run["predictions"]):
         want = release[f"pred{step}"]
