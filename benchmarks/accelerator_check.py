@@ -53,13 +53,17 @@ import jax
 import jaxlib
 import numpy as np
 from flax import nnx
+from sasmamba_jax.configs import h36m_243, tiny
 from scan import BACKENDS, label, scan_inputs  # benchmarks/scan.py, beside this file
 
-from configs import h36m_243, tiny
-from sasmamba_jax import checkpoint, convert, eval_lib, sharding, step_memory, targets, train_lib
-from sasmamba_jax.inference import predict
+from sasmamba_jax import targets
+from sasmamba_jax.io import errors, model_dirs, pytorch
+from sasmamba_jax.model import precision
+from sasmamba_jax.model.forward import predict
 from sasmamba_jax.ops import selective_scan
 from sasmamba_jax.ops.selective_scan import PRE_TRITON_GPU_BACKEND, resolve_backend
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import memory, recipe
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 FIXTURE_FILES = ("official_tiny.npz", "official_tiny_trainstep.npz")
@@ -187,7 +191,7 @@ class Clock:
 
 
 def first_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {checkpoint.first_line(error)}"[:300]
+    return f"{type(error).__name__}: {errors.first_line(error)}"[:300]
 
 
 # ---------------------------------------------------------------------------
@@ -208,10 +212,10 @@ def release_model(fixture: dict, backend: str):
     state_dict = {
         key.removeprefix("step/init/"): v for key, v in fixture.items() if key.startswith("step/init/")
     }
-    config = convert.infer_config(state_dict).with_options(
+    config = pytorch.infer_config(state_dict).with_options(
         scan=backend, drop_path_rate=0.0, stride_grad="release"
     )
-    return checkpoint.build_model(config, convert.state_dict_to_params(state_dict, config))
+    return model_dirs.build_model(config, pytorch.state_dict_to_params(state_dict, config))
 
 
 def _ours(t, directions):
@@ -255,10 +259,10 @@ def gradient_parity(fixture: dict, backend: str) -> dict:
     # One device's program, whatever the host has: the kernels' numerics, not the mesh's.
     params = jax.device_put(params, jax.devices()[0])
     batch = {"input_2d": fixture["step/x0"], "target_3d": fixture["step/y0"]}
-    (loss, _), grads = jax.jit(train_lib.loss_and_grads, static_argnums=0)(
+    (loss, _), grads = jax.jit(recipe.loss_and_grads, static_argnums=0)(
         graphdef, params, batch, jax.random.key(0)
     )
-    ours = convert.params_to_state_dict(jax.device_get(nnx.to_pure_dict(grads)), model.config.depth)
+    ours = pytorch.params_to_state_dict(jax.device_get(nnx.to_pure_dict(grads)), model.config.depth)
     errors = {name: float(np.max(np.abs(grad - fixture[f"step/grad/{name}"]))) for name, grad in ours.items()}
     missing = {key for key in fixture if key.startswith("step/grad/")} - {f"step/grad/{n}" for n in ours}
     worst = max(errors, key=errors.get)
@@ -281,12 +285,12 @@ PARITY_CHECKS = {"scan": scan_parity, "forward": forward_parity, "gradient": gra
 
 def run_parity(args, clock, report, fixture) -> None:
     backends = args.parity_backends or auto_backends(jax.devices()[0])
-    with eval_lib.use_matmul_precision(eval_lib.PARITY_MATMUL_PRECISION):
+    with precision.use_matmul_precision(precision.PARITY_MATMUL_PRECISION):
         for backend in backends:
             for check, function in PARITY_CHECKS.items():
                 start = time.perf_counter()
                 record = dict(step="parity", check=check, backend=backend)
-                record["matmul_precision"] = eval_lib.PARITY_MATMUL_PRECISION
+                record["matmul_precision"] = precision.PARITY_MATMUL_PRECISION
                 try:
                     record.update(function(fixture, backend))
                 except Exception as error:  # a back end that cannot run here fails its check
@@ -382,7 +386,7 @@ def training_config(args, backend):
 
 def synthetic_batch(config, mesh):
     """Clips of the training step's shape: 2D keypoints in [-1, 1], root-relative 3D targets."""
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     shape = (config.batch_size, model_cfg.num_frames, 17)
     rng = np.random.default_rng(0)
     target = rng.normal(scale=0.2, size=(*shape, 3)).astype(np.float32)
@@ -399,17 +403,17 @@ def time_train_step(args, backend) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     # As train.py runs the step: under the mesh (the Pallas scan splits its
     # kernels over it) and at the config's matmul precision.
-    with jax.set_mesh(mesh), eval_lib.use_matmul_precision(config.matmul_precision):
-        state = train_lib.create_train_state(config, train_lib.create_model(config))
+    with jax.set_mesh(mesh), precision.use_matmul_precision(config.matmul_precision):
+        state = recipe.create_train_state(config, recipe.create_model(config))
         shardings = sharding.tree_shardings(mesh, state.arrays())
         state = state.with_arrays(
             sharding.put_replicated_host_tree(jax.device_get(state.arrays()), shardings)
         )
         batch = synthetic_batch(config, mesh)
-        compiled, compile_s = compile_timed(train_lib.train_step, state, batch)
-        record = dict(compile_s=compile_s, peak_bytes=step_memory.compiled_peak_bytes(compiled))
+        compiled, compile_s = compile_timed(recipe.train_step, state, batch)
+        record = dict(compile_s=compile_s, peak_bytes=memory.compiled_peak_bytes(compiled))
         record.update(time_compiled(compiled, [state, batch], args.repeats, carry=0))
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     record.update(
         matmul_precision=config.matmul_precision,
         devices=mesh.devices.size,
@@ -519,7 +523,7 @@ def markdown(meta: dict, records: list[dict]) -> str:
     if parity:
         lines += [
             "",
-            f"Parity with the release fixture, matmul precision {eval_lib.PARITY_MATMUL_PRECISION}:",
+            f"Parity with the release fixture, matmul precision {precision.PARITY_MATMUL_PRECISION}:",
             "",
             "| check | back end | max abs error | tolerance | result |",
             "|---|---|---|---|---|",

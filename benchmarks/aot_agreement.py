@@ -1,4 +1,4 @@
-"""Does the aot tool's peak agree with a compile of train_lib.train_step built as training builds it?
+"""Does the aot tool's peak agree with a compile of recipe.train_step built as training builds it?
 
     PYTHONPATH=. python benchmarks/aot_agreement.py --config=configs/h36m_243.py --topology=v5e:1x1
     PYTHONPATH=. python benchmarks/aot_agreement.py --config=configs/h36m_243_large.py --topology=v5e:2x2
@@ -8,7 +8,7 @@ Runs ``python -m sasmamba_jax.aot`` (its own process, its JSON), then, here,
 builds the training state as ``train_and_evaluate`` does (a real model and
 AdamW state on the host, placed by ``sharding.tree_shardings``, batches by
 ``sharding.batch_sharding``), with the tool's reported remat and
-microbatches, compiles ``train_lib.train_step`` for the same topology and
+microbatches, compiles ``recipe.train_step`` for the same topology and
 compares one chip's peak. Exit status 1 if they differ by more than 10%.
 ``--report=FILE`` takes the tool's ``--json`` output from an earlier run.
 """
@@ -28,7 +28,9 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sasmamba_jax import sharding, step_memory, targets, train_lib  # noqa: E402
+from sasmamba_jax import targets  # noqa: E402
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import memory, recipe
 
 TOLERANCE = 0.10
 
@@ -54,13 +56,13 @@ def load_config(path: str):
 
 def placed_like_training(config, mesh):
     """The state and a batch as train_and_evaluate places them, as sharded shapes of real host arrays."""
-    state = train_lib.create_train_state(config, train_lib.create_model(config), steps_per_epoch=1000)
+    state = recipe.create_train_state(config, recipe.create_model(config), steps_per_epoch=1000)
     host = jax.device_get(state.arrays())
     shardings = sharding.tree_shardings(mesh, host)
     state = state.with_arrays(
         jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), host, shardings)
     )
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     clip = (config.batch_size, model_cfg.num_frames, 17)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {
@@ -86,7 +88,7 @@ def main():
     print(f"tool: {json.dumps(report)}", flush=True)
 
     jax.config.update("jax_platforms", "cpu")
-    config = train_lib.with_memory_settings(
+    config = recipe.with_memory_settings(
         load_config(args.config), report["remat"], report["num_microbatches"]
     )
     devices = targets.topology_devices(args.topology)
@@ -94,12 +96,12 @@ def main():
     step_args = placed_like_training(config, mesh)
     start = time.perf_counter()
     with jax.set_mesh(mesh), targets.persistent_cache_for(devices):
-        compiled = train_lib.train_step.lower(*step_args).compile(targets.compiler_options(devices))
-    peak = step_memory.compiled_peak_bytes(compiled)
+        compiled = recipe.train_step.lower(*step_args).compile(targets.compiler_options(devices))
+    peak = memory.compiled_peak_bytes(compiled)
     seconds = time.perf_counter() - start
     ratio = peak / report["peak_bytes_per_chip"]
     print(
-        f"separate compile of train_lib.train_step: {peak / 1e9:.3f} GB per chip in {seconds:.0f} s; "
+        f"separate compile of recipe.train_step: {peak / 1e9:.3f} GB per chip in {seconds:.0f} s; "
         f"tool {report['peak_bytes_per_chip'] / 1e9:.3f} GB; ratio {ratio:.4f}"
     )
     return 0 if abs(ratio - 1) <= TOLERANCE else 1

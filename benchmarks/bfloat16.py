@@ -19,11 +19,12 @@ import argparse
 
 import numpy as np
 from flax import nnx
+from sasmamba_jax.configs import demo
 
-from configs import demo
-from sasmamba_jax import eval_lib, evaluation, sharding
-from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import predict
+from sasmamba_jax.evaluate import protocols, tasks
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.model.forward import predict
+from sasmamba_jax.parallel import sharding
 
 DTYPES = ("float32", "bfloat16")
 
@@ -48,12 +49,10 @@ def _test_predictions(checkpoint: str, data_path: str, dtype: str):
     config = demo.get_config()
     with config.unlocked():
         config.data.pkl_path = data_path
-    task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    task = tasks.load_task(config.data, model.config.num_frames, config.seed)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     mesh = sharding.make_mesh(config.mesh)
-    predictions = eval_lib.predict_test_clips(
-        graphdef, params, task, config.eval, mesh, model.config.in_chans
-    )
+    predictions = tasks.predict_test_clips(graphdef, params, task, config.eval, mesh, model.config.in_chans)
     return task, predictions
 
 
@@ -65,7 +64,7 @@ def compare_on_test_split(checkpoint: str, data_path: str) -> None:
         dtype: predictions - predictions[:, :, root : root + 1] for dtype, (_, predictions) in runs.items()
     }
     difference = np.linalg.norm(relative["bfloat16"] - relative["float32"], axis=-1)
-    distance_mm = difference * evaluation.millimetres_per_unit(task.data)[..., None]
+    distance_mm = difference * protocols.millimetres_per_unit(task.data)[..., None]
     print(f"{checkpoint} on the test split of {data_path}")
     for dtype, (_, predictions) in runs.items():
         results = task.evaluate(predictions)

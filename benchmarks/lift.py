@@ -1,4 +1,4 @@
-"""Lifting throughput of `inference.lift_sequence` on a long sequence.
+"""Lifting throughput of `sequences.lift_sequence` on a long sequence.
 
 The model is the published Human3.6M configuration (T = 243, dim 64, depth 5)
 with RANDOM weights: the run time does not depend on the weights, so no
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sasmamba_jax import inference
-from sasmamba_jax.model import SasMamba, SasMambaConfig
+from sasmamba_jax.lifting import sequences
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
 from sasmamba_jax.ops import BACKENDS
 
 
@@ -41,9 +41,9 @@ def main():
     )
     parser.add_argument("--frames", type=int, default=10_000, help="length of the lifted sequence")
     parser.add_argument("--scans", nargs="+", choices=BACKENDS, default=["auto"], help="scan backends")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[inference.DEFAULT_BATCH_SIZE])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[sequences.DEFAULT_BATCH_SIZE])
     parser.add_argument(
-        "--threads", type=int, nargs="+", default=[inference.DEFAULT_THREADS], help="forward calls in flight"
+        "--threads", type=int, nargs="+", default=[sequences.DEFAULT_THREADS], help="forward calls in flight"
     )
     parser.add_argument("--stride", type=int, default=None, help="window stride (default F / 2)")
     parser.add_argument("--repeats", type=int, default=3, help="steady-state runs per row")
@@ -51,7 +51,7 @@ def main():
 
     config = SasMambaConfig()  # the published Human3.6M model: T = 243, dim 64, depth 5
     stride = args.stride or config.num_frames // 2
-    num_windows = len(inference.window_indices(args.frames, config.num_frames, stride))
+    num_windows = len(sequences.window_indices(args.frames, config.num_frames, stride))
     inputs = (0.3 * np.random.default_rng(0).standard_normal((args.frames, 17, 2))).astype(np.float32)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; random weights, T=243, dim 64, depth 5")
     print(
@@ -68,9 +68,9 @@ def main():
                 baseline = None
                 for threads in args.threads:
                     options = dict(flip_tta=flip, batch_size=batch_size, threads=threads, stride=stride)
-                    first = _timed(inference.lift_sequence, model, inputs[: config.num_frames], **options)
+                    first = _timed(sequences.lift_sequence, model, inputs[: config.num_frames], **options)
                     steady = [
-                        _timed(inference.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
+                        _timed(sequences.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
                     ]
                     best = min(steady)
                     baseline = baseline or best

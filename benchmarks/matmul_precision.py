@@ -33,10 +33,11 @@ from flax import nnx
 from jax._src.interpreters import mlir
 from jax._src.lax import convolution
 from jax._src.lax import lax as lax_internal
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import eval_lib, sharding
-from sasmamba_jax.checkpoint import load_model
+from sasmamba_jax.evaluate import tasks
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.parallel import sharding
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 FLOAT32_MANTISSA_BITS = 23
@@ -120,7 +121,7 @@ def predictions_and_p1(model, task, config, mesh):
     """(M, T, 17, 3) predictions of the test clips (test-time flip on) and their P1 in mm."""
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     in_chans = model.config.in_chans
-    predictions = eval_lib.predict_test_clips(graphdef, params, task, config.eval, mesh, in_chans)
+    predictions = tasks.predict_test_clips(graphdef, params, task, config.eval, mesh, in_chans)
     return predictions, task.evaluate(predictions)["p1"]
 
 
@@ -131,7 +132,7 @@ def main():
     config = tiny.get_config()
     mesh = sharding.default_mesh(jax.devices()[:1])
     model = load_model(args.checkpoint, mesh=mesh, scan="sequential")
-    task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    task = tasks.load_task(config.data, model.config.num_frames, config.seed)
     exact, exact_p1 = predictions_and_p1(model, task, config, mesh)
     print(
         f"checkpoint {args.checkpoint}: {len(exact)} test clips of configs/tiny.py's data, "

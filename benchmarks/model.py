@@ -57,10 +57,12 @@ import jax  # noqa: E402  (XLA_FLAGS must be set first)
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import nnx  # noqa: E402
+from sasmamba_jax.configs import common  # noqa: E402
 
-from configs import common  # noqa: E402
-from sasmamba_jax import flops, sharding, train_lib  # noqa: E402
-from sasmamba_jax.model import SasMamba  # noqa: E402
+from sasmamba_jax.model import flops  # noqa: E402
+from sasmamba_jax.model.sasmamba import SasMamba  # noqa: E402
+from sasmamba_jax.parallel import sharding  # noqa: E402
+from sasmamba_jax.train import recipe  # noqa: E402
 
 SIZES = {"small": dict(dim=64, depth=5), "large": dict(dim=128, depth=10)}
 
@@ -112,7 +114,7 @@ def compiled_stats(compiled):
 
 
 def bench_forward(config, batch, repeats):
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     model = nnx.jit(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0)))()
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     x = jnp.zeros((batch, model_cfg.num_frames, 17, model_cfg.in_chans), jnp.float32)
@@ -132,14 +134,14 @@ def bench_forward(config, batch, repeats):
 
 def bench_train(config, batch, repeats):
     mesh = sharding.make_mesh(config.mesh)
-    model = train_lib.create_model(config)
-    state = train_lib.create_train_state(config, model, steps_per_epoch=1000)
+    model = recipe.create_model(config)
+    state = recipe.create_train_state(config, model, steps_per_epoch=1000)
     state = state.with_arrays(
         sharding.put_replicated_host_tree(
             jax.device_get(state.arrays()), sharding.tree_shardings(mesh, state.arrays())
         )
     )
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     shape = (batch, model_cfg.num_frames, 17)
     batch_sharding = sharding.batch_sharding(mesh)
     data = {
@@ -147,7 +149,7 @@ def bench_train(config, batch, repeats):
         "target_3d": jax.device_put(jnp.full((*shape, 3), 0.1), batch_sharding),
     }
     start = time.perf_counter()
-    compiled = train_lib.train_step.lower(state, data).compile()
+    compiled = recipe.train_step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
     peak, bytes_accessed = compiled_stats(compiled)
     row = dict(compile_s=compile_s, peak_bytes=peak, bytes_accessed=bytes_accessed, devices=mesh.devices.size)

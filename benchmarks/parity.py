@@ -12,8 +12,8 @@ import pathlib
 import jax
 import numpy as np
 
-from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import predict
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.model.forward import predict
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "tests" / "data"
 

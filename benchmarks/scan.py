@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sasmamba_jax.inference import predict
-from sasmamba_jax.model import SasMamba, SasMambaConfig
+from sasmamba_jax.model.forward import predict
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
 from sasmamba_jax.ops import selective_scan
 
 BACKENDS = ("sequential", "associative", "chunked", "pallas")

@@ -22,10 +22,11 @@ import time
 
 import numpy as np
 
-from sasmamba_jax import metrics, skeleton
-from sasmamba_jax.checkpoint import load_model
+from sasmamba_jax import skeleton
 from sasmamba_jax.data.h36m import camera_resolutions, normalize_screen_coordinates, read_h36m_pickle
-from sasmamba_jax.inference import SHORT_SEQUENCE_MODES, lift_sequence
+from sasmamba_jax.evaluate import metrics
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.lifting.sequences import SHORT_SEQUENCE_MODES, lift_sequence
 from sasmamba_jax.ops import BACKENDS
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from sasmamba_jax.model import SasMamba, SasMambaBlock, SasMambaConfig  # noqa: E402
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaBlock, SasMambaConfig  # noqa: E402
 from sasmamba_jax.ops import deform_conv2d_depthwise, selective_scan, stride_scan  # noqa: E402
 from sasmamba_jax.targets import topology_devices  # noqa: E402
 

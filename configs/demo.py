@@ -6,7 +6,7 @@ code path (the demo set is in MotionBERT's Human3.6M format).
 
 import pathlib
 
-from configs import common
+from sasmamba_jax.configs import common
 
 DEMO_PICKLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "cmu_demo" / "h36m_cmu_s01.pkl"
 

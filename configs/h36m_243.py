@@ -4,7 +4,7 @@ python train.py --config=configs/h36m_243.py --workdir=DIR \
     --config.data.pkl_path=/path/to/h36m_sh_conf_cam_source_final.pkl
 """
 
-from configs import common
+from sasmamba_jax.configs import common
 
 
 def get_config():

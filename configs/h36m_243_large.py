@@ -5,7 +5,7 @@ reproduce the paper's figures (4.1M parameters as a profiler counts them;
 5.57M trainable in all; see the README).
 """
 
-from configs import common
+from sasmamba_jax.configs import common
 
 
 def get_config():

@@ -4,7 +4,7 @@ python train.py --config=configs/mpi_27.py --workdir=DIR \
     --config.data.train_npz=data_train_3dhp.npz --config.data.test_npz=data_test_3dhp.npz
 """
 
-from configs import common
+from sasmamba_jax.configs import common
 
 
 def get_config():

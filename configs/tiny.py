@@ -3,7 +3,7 @@
 For smoke tests and unit tests: four steps of batch 4.
 """
 
-from configs import common, demo
+from sasmamba_jax.configs import common, demo
 
 
 def get_config():

@@ -7,13 +7,14 @@ light and ``python -m sasmamba_jax.<tool>`` runs each tool's module once.
 import importlib
 
 _EXPORTS = {
-    "SasMamba": "sasmamba_jax.model",
-    "SasMambaConfig": "sasmamba_jax.model",
-    "count_params": "sasmamba_jax.flops",
-    "export_pytorch_state_dict": "sasmamba_jax.checkpoint",
-    "load_model": "sasmamba_jax.checkpoint",
-    "predict": "sasmamba_jax.inference",
-    "save_model": "sasmamba_jax.checkpoint",
+    "SasMamba": "sasmamba_jax.model.sasmamba",
+    "SasMambaConfig": "sasmamba_jax.model.sasmamba",
+    "count_params": "sasmamba_jax.model.flops",
+    "export_pytorch_state_dict": "sasmamba_jax.io.model_dirs",
+    "lift": "sasmamba_jax.lifting.sequences",
+    "load_model": "sasmamba_jax.io.loader",
+    "predict": "sasmamba_jax.model.forward",
+    "save_model": "sasmamba_jax.io.model_dirs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,14 +20,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+from sasmamba_jax.configs import tiny  # noqa: E402
 
-from configs import tiny  # noqa: E402
-from sasmamba_jax import aot, sharding, step_memory, targets, train_lib  # noqa: E402
+from sasmamba_jax import targets  # noqa: E402
 from sasmamba_jax.ops.selective_scan import (  # noqa: E402
     lowered_for_platforms,
     resolve_backend,
     selective_scan,
 )
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import aot, loop, memory, recipe
 
 GiB = 2**30
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def test_tiny_training_step_fits_one_v5e_chip(tmp_path):
     assert list(report) == list(aot.JSON_KEYS)
     assert report["topology"] == "v5e:1x1" and report["chips"] == 1
     assert report["device_kind"] == "TPU v5 lite"
-    assert report["hbm_bytes_per_chip"] == step_memory.HBM_BYTES_BY_DEVICE_KIND["TPU v5 lite"]
+    assert report["hbm_bytes_per_chip"] == memory.HBM_BYTES_BY_DEVICE_KIND["TPU v5 lite"]
     assert report["fits"] is True
     assert report["scan"] == resolve_backend("auto", "tpu")
     # Nothing to choose: it fits as configured.
@@ -80,7 +82,7 @@ def test_tiny_training_step_fits_one_v5e_chip(tmp_path):
     config = tiny.get_config()
     with config.unlocked():
         config.model.num_frames, config.model.depth = 9, 1
-    params = jax.eval_shape(lambda: train_lib.create_model(config))
+    params = jax.eval_shape(lambda: recipe.create_model(config))
     param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
     assert 3 * param_bytes < report["peak_bytes_per_chip"] < report["hbm_bytes_per_chip"]
     assert report["compile_s"] > 0
@@ -158,9 +160,9 @@ def test_hbm_table_is_what_the_compiler_allows(topology, chips, kind):
     too_big = jax.ShapeDtypeStruct((200_000, 200_000), jnp.float32, sharding=replicated)
     with pytest.raises(jax.errors.JaxRuntimeError) as error:
         jax.jit(lambda x: jnp.sin(x) @ x.T).lower(too_big).compile()
-    _, available = step_memory.required_bytes(error.value)
+    _, available = memory.required_bytes(error.value)
     # The compiler prints GiB with two decimals.
-    assert abs(available - step_memory.device_memory_bytes(devices[0])) <= 0.005 * GiB
+    assert abs(available - memory.device_memory_bytes(devices[0])) <= 0.005 * GiB
 
 
 @pytest.mark.slow  # a compile for a compile-only device
@@ -186,19 +188,19 @@ def test_required_bytes_reads_both_out_of_memory_messages():
     used = RuntimeError(
         "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.50G of 15.75G hbm"
     )
-    assert step_memory.required_bytes(temporaries) == (int(36.52 * GiB), int(15.75 * GiB))
-    assert step_memory.required_bytes(used) == (int(20.5 * GiB), int(15.75 * GiB))
-    assert step_memory.required_bytes(RuntimeError("INVALID_ARGUMENT: Used 1G of 2G hbm")) is None
+    assert memory.required_bytes(temporaries) == (int(36.52 * GiB), int(15.75 * GiB))
+    assert memory.required_bytes(used) == (int(20.5 * GiB), int(15.75 * GiB))
+    assert memory.required_bytes(RuntimeError("INVALID_ARGUMENT: Used 1G of 2G hbm")) is None
 
 
 def test_per_device_bytes_counts_one_shard():
     mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
     x = jax.ShapeDtypeStruct((4, 6), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
-    assert step_memory.per_device_bytes({"a": x, "b": [x]}) == 2 * 4 * 6 * 4
+    assert memory.per_device_bytes({"a": x, "b": [x]}) == 2 * 4 * 6 * 4
 
 
 def test_cpu_devices_have_no_budget():
-    assert step_memory.device_memory_bytes(jax.devices("cpu")[0]) is None
+    assert memory.device_memory_bytes(jax.devices("cpu")[0]) is None
 
 
 # ---------------------------------------------------------------------------
@@ -206,16 +208,16 @@ def test_cpu_devices_have_no_budget():
 
 
 def test_candidates_try_remat_before_microbatches():
-    assert step_memory.memory_candidates(None, None, 16, 2) == [
+    assert memory.memory_candidates(None, None, 16, 2) == [
         (False, 1),
         (True, 1),
         (True, 2),
         (True, 4),
         (True, 8),
     ]
-    assert step_memory.memory_candidates(False, None, 8, 1) == [(False, n) for n in (1, 2, 4, 8)]
-    assert step_memory.memory_candidates(None, 4, 16, 1) == [(False, 4), (True, 4)]
-    assert step_memory.memory_candidates(True, 2, 16, 1) == [(True, 2)]
+    assert memory.memory_candidates(False, None, 8, 1) == [(False, n) for n in (1, 2, 4, 8)]
+    assert memory.memory_candidates(None, 4, 16, 1) == [(False, 4), (True, 4)]
+    assert memory.memory_candidates(True, 2, 16, 1) == [(True, 2)]
 
 
 def _fake_peaks(remat, num_microbatches):
@@ -228,8 +230,8 @@ def _fake_peaks(remat, num_microbatches):
     [(10e9, (False, 1)), (5e9, (True, 1)), (1.6e9, (True, 4)), (1.13e9, (True, 16))],
 )
 def test_the_first_setting_that_fits_is_chosen(budget, expected):
-    choice = step_memory.choose_memory_settings(
-        step_memory.memory_candidates(None, None, 16, 1), _fake_peaks, int(budget)
+    choice = memory.choose_memory_settings(
+        memory.memory_candidates(None, None, 16, 1), _fake_peaks, int(budget)
     )
     assert (choice.remat, choice.num_microbatches) == expected
     assert choice.fits and choice.peak_bytes == _fake_peaks(*expected) <= budget
@@ -237,11 +239,11 @@ def test_the_first_setting_that_fits_is_chosen(budget, expected):
 
 
 def test_nothing_fitting_is_reported_not_hidden():
-    candidates = step_memory.memory_candidates(None, None, 4, 1)
-    choice = step_memory.choose_memory_settings(candidates, _fake_peaks, 10**8)
+    candidates = memory.memory_candidates(None, None, 4, 1)
+    choice = memory.choose_memory_settings(candidates, _fake_peaks, 10**8)
     assert not choice.fits
     assert (choice.remat, choice.num_microbatches) == (True, 4)
-    assert "does not fit" in step_memory.describe_choice(choice, 10**8)
+    assert "does not fit" in memory.describe_choice(choice, 10**8)
 
 
 def _peaks_of_configs(calls):
@@ -254,7 +256,7 @@ def _peaks_of_configs(calls):
 
 def _resolve(config, budget_bytes, calls):
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    return train_lib.resolve_memory_settings(config, mesh, budget_bytes, _peaks_of_configs(calls))
+    return memory.resolve_memory_settings(config, mesh, budget_bytes, _peaks_of_configs(calls))
 
 
 def test_unset_keys_are_chosen_and_written_into_the_config():
@@ -266,7 +268,7 @@ def test_unset_keys_are_chosen_and_written_into_the_config():
     assert calls == [(False, 1), (True, 1), (True, 2), (True, 4)]
     assert (resolved.model.remat, resolved.num_microbatches) == (True, 4)
     assert (choice.remat, choice.num_microbatches) == (True, 4)
-    assert "chose remat=True, num_microbatches=4" in step_memory.describe_choice(choice, int(1.6e9))
+    assert "chose remat=True, num_microbatches=4" in memory.describe_choice(choice, int(1.6e9))
     # The caller's config is left as it was.
     assert config.model.remat is None and config.num_microbatches is None
 
@@ -303,11 +305,11 @@ def test_train_and_evaluate_logs_and_saves_the_choice(tmp_path, monkeypatch, cap
         config.max_steps = 1
         config.eval.flip = False
     # A CPU has no budget; pretend it is a chip on which only remat fits.
-    monkeypatch.setattr(step_memory, "device_memory_bytes", lambda device: int(5e9))
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda device: int(5e9))
     monkeypatch.setattr(
-        train_lib, "train_step_peak_bytes", lambda c, mesh: _fake_peaks(c.model.remat, c.num_microbatches)
+        memory, "train_step_peak_bytes", lambda c, mesh: _fake_peaks(c.model.remat, c.num_microbatches)
     )
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("memory:")]
     assert lines == [
         "memory: chose remat=True, num_microbatches=1: the training step needs 3.00 of 5.00 GB per chip "

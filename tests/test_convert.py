@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sasmamba_jax import checkpoint, convert
-from sasmamba_jax.convert import CheckpointError
-from sasmamba_jax.inference import predict
-from sasmamba_jax.model import SasMamba, SasMambaConfig
+from sasmamba_jax.cli import convert as convert_cli
+from sasmamba_jax.io import loader, model_dirs, pytorch
+from sasmamba_jax.io.errors import CheckpointError
+from sasmamba_jax.model.forward import predict
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
 from sasmamba_jax.ops import deform_conv2d_depthwise
 
 torch = pytest.importorskip("torch")
@@ -54,13 +55,13 @@ def reference(data_dir):
 
 @pytest.fixture(scope="module")
 def tiny_model(pth_path):
-    return checkpoint.load_model(pth_path)
+    return loader.load_model(pth_path)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("converted") / "tiny"
-    checkpoint.save_model(tiny_model, directory)
+    model_dirs.save_model(tiny_model, directory)
     return directory
 
 
@@ -73,7 +74,7 @@ def _random_params(config, seed=0):
     """A parameter tree of the config's shapes, filled with random numbers without running inits."""
     rng = np.random.default_rng(seed)
     return jax.tree.map(
-        lambda leaf: rng.standard_normal(leaf.shape).astype(np.float32), checkpoint.abstract_params(config)
+        lambda leaf: rng.standard_normal(leaf.shape).astype(np.float32), model_dirs.abstract_params(config)
     )
 
 
@@ -119,20 +120,20 @@ def _torch_save(obj, path):
 
 
 def test_name_table_lists_the_release_names_in_order(release_state_dict):
-    names = [entry.torch_name for entry in convert.name_table(depth=2)]
+    names = [entry.torch_name for entry in pytorch.name_table(depth=2)]
     assert names == list(release_state_dict)
 
 
 def test_name_table_covers_every_parameter_of_our_model_once():
-    paths = [entry.jax_path for entry in convert.name_table(depth=3)]
+    paths = [entry.jax_path for entry in pytorch.name_table(depth=3)]
     assert len(set(paths)) == len(paths)
     config = SasMambaConfig(num_frames=9, dim=16, depth=3)
-    assert set(_leaves(checkpoint.abstract_params(config))) == set(paths)
+    assert set(_leaves(model_dirs.abstract_params(config))) == set(paths)
 
 
 def test_expected_shapes_are_the_release_shapes(release_state_dict):
-    config = convert.infer_config(release_state_dict)
-    shapes = convert.expected_shapes(config)
+    config = pytorch.infer_config(release_state_dict)
+    shapes = pytorch.expected_shapes(config)
     assert list(shapes) == list(release_state_dict)
     assert shapes == {name: w.shape for name, w in release_state_dict.items()}
 
@@ -143,57 +144,57 @@ def _arange(*shape):
 
 def test_linear_layout_transposes():
     weight = _arange(5, 3)  # torch (out, in)
-    kernel = convert.LINEAR.to_jax(weight)
+    kernel = pytorch.LINEAR.to_jax(weight)
     assert kernel.shape == (3, 5)
     for i in range(3):
         for o in range(5):
             assert kernel[i, o] == weight[o, i]
-    np.testing.assert_array_equal(convert.LINEAR.to_torch(kernel), weight)
+    np.testing.assert_array_equal(pytorch.LINEAR.to_torch(kernel), weight)
 
 
 def test_conv_layout_moves_channels_last():
     weight = _arange(4, 3, 2, 5)  # torch (out, in, kh, kw)
-    kernel = convert.CONV.to_jax(weight)
+    kernel = pytorch.CONV.to_jax(weight)
     assert kernel.shape == (2, 5, 3, 4)
     for o in range(4):
         for i in range(3):
             for a in range(2):
                 for b in range(5):
                     assert kernel[a, b, i, o] == weight[o, i, a, b]
-    np.testing.assert_array_equal(convert.CONV.to_torch(kernel), weight)
+    np.testing.assert_array_equal(pytorch.CONV.to_torch(kernel), weight)
 
 
 def test_depthwise_layout_drops_the_group_axis():
     weight = _arange(6, 1, 3, 3)  # torch (E, 1, k, k)
-    kernel = convert.DEPTHWISE.to_jax(weight)
+    kernel = pytorch.DEPTHWISE.to_jax(weight)
     assert kernel.shape == (3, 3, 6)
     for e in range(6):
         for a in range(3):
             for b in range(3):
                 assert kernel[a, b, e] == weight[e, 0, a, b]
-    np.testing.assert_array_equal(convert.DEPTHWISE.to_torch(kernel), weight)
+    np.testing.assert_array_equal(pytorch.DEPTHWISE.to_torch(kernel), weight)
 
 
 def test_position_embedding_layout_drops_the_batch_axis():
     weight = _arange(1, 17, 4)
-    embedding = convert.UNBATCHED.to_jax(weight)
+    embedding = pytorch.UNBATCHED.to_jax(weight)
     assert embedding.shape == (17, 4)
     for x in range(17):
         for c in range(4):
             assert embedding[x, c] == weight[0, x, c]
-    np.testing.assert_array_equal(convert.UNBATCHED.to_torch(embedding), weight)
+    np.testing.assert_array_equal(pytorch.UNBATCHED.to_torch(embedding), weight)
 
 
 @pytest.mark.parametrize("trailing", [(), (5,)], ids=["Ds", "A_logs"])
 def test_per_direction_layout_splits_the_stacked_rows(trailing):
     num_directions, inner = 4, 3
     weight = _arange(num_directions * inner, *trailing)
-    split = convert.PER_DIRECTION.to_jax(weight)
+    split = pytorch.PER_DIRECTION.to_jax(weight)
     assert split.shape == (num_directions, inner, *trailing)
     for k in range(num_directions):
         for e in range(inner):
             np.testing.assert_array_equal(split[k, e], weight[k * inner + e])
-    np.testing.assert_array_equal(convert.PER_DIRECTION.to_torch(split), weight)
+    np.testing.assert_array_equal(pytorch.PER_DIRECTION.to_torch(split), weight)
 
 
 def test_mapped_layers_compute_what_torch_computes(tiny_model, release_state_dict):
@@ -244,32 +245,32 @@ def test_mapped_layers_compute_what_torch_computes(tiny_model, release_state_dic
 
 
 def test_release_state_dict_round_trip_is_exact(release_state_dict):
-    config = convert.infer_config(release_state_dict)
-    params = convert.state_dict_to_params(release_state_dict, config)
-    _assert_same_state_dict(convert.params_to_state_dict(params, config.depth), release_state_dict)
+    config = pytorch.infer_config(release_state_dict)
+    params = pytorch.state_dict_to_params(release_state_dict, config)
+    _assert_same_state_dict(pytorch.params_to_state_dict(params, config.depth), release_state_dict)
 
 
 def test_our_params_round_trip_is_exact(tmp_path, random_model):
     """A model with its own random inits: params -> state_dict -> params, and through a .pth."""
     model = random_model
-    params = jax.device_get(checkpoint.params_of(model))
-    state_dict = convert.params_to_state_dict(params, depth=2)
-    _assert_same_state_dict(checkpoint.export_pytorch_state_dict(model), state_dict)
-    _assert_same_params(convert.state_dict_to_params(state_dict, model.config), params)
+    params = jax.device_get(model_dirs.params_of(model))
+    state_dict = pytorch.params_to_state_dict(params, depth=2)
+    _assert_same_state_dict(model_dirs.export_pytorch_state_dict(model), state_dict)
+    _assert_same_params(pytorch.state_dict_to_params(state_dict, model.config), params)
 
-    convert.write_pytorch_checkpoint(state_dict, tmp_path / "random.pth")
-    _assert_same_state_dict(convert.read_pytorch_state_dict(tmp_path / "random.pth"), state_dict)
-    reloaded = checkpoint.load_model(tmp_path / "random.pth")
-    assert reloaded.config == model.config.with_options(scan=checkpoint.DEFAULT_SCAN)
-    _assert_same_params(checkpoint.params_of(reloaded), params)
+    pytorch.write_pytorch_checkpoint(state_dict, tmp_path / "random.pth")
+    _assert_same_state_dict(pytorch.read_pytorch_state_dict(tmp_path / "random.pth"), state_dict)
+    reloaded = loader.load_model(tmp_path / "random.pth")
+    assert reloaded.config == model.config.with_options(scan=loader.DEFAULT_SCAN)
+    _assert_same_params(model_dirs.params_of(reloaded), params)
     assert os.listdir(tmp_path) == ["random.pth"]
 
 
 def test_build_model_uses_the_given_params():
     config = SasMambaConfig(num_frames=9, dim=16, depth=2)
     params = _random_params(config)
-    model = checkpoint.build_model(config, params)
-    _assert_same_params(checkpoint.params_of(model), params)
+    model = model_dirs.build_model(config, params)
+    _assert_same_params(model_dirs.params_of(model), params)
     assert model.config == config
     assert model.deterministic
 
@@ -279,7 +280,7 @@ def test_build_model_uses_the_given_params():
 
 
 def test_infer_config_reads_the_release_shapes(release_state_dict):
-    config = convert.infer_config(release_state_dict)
+    config = pytorch.infer_config(release_state_dict)
     assert config == SasMambaConfig(
         num_frames=27, in_chans=2, dim=32, depth=2, mlp_ratio=2.0, ssm_conv=3, d_state=16, ssm_ratio=2.0
     )
@@ -295,19 +296,19 @@ def test_infer_config_reads_the_release_shapes(release_state_dict):
 )
 def test_infer_config_reads_other_shapes_from_written_checkpoints(tmp_path, shape):
     config = SasMambaConfig(**shape)
-    state_dict = convert.params_to_state_dict(_random_params(config), config.depth)
-    convert.write_pytorch_checkpoint(state_dict, tmp_path / "m.pth")
-    assert convert.infer_config(convert.read_pytorch_state_dict(tmp_path / "m.pth")) == config
+    state_dict = pytorch.params_to_state_dict(_random_params(config), config.depth)
+    pytorch.write_pytorch_checkpoint(state_dict, tmp_path / "m.pth")
+    assert pytorch.infer_config(pytorch.read_pytorch_state_dict(tmp_path / "m.pth")) == config
 
 
 def test_infer_config_names_what_is_missing(release_state_dict):
     without_embedding = dict(release_state_dict)
     del without_embedding["Spatial_patch_to_embedding.weight"]
     with pytest.raises(CheckpointError, match="Spatial_patch_to_embedding.weight"):
-        convert.infer_config(without_embedding)
+        pytorch.infer_config(without_embedding)
     without_blocks = {n: w for n, w in release_state_dict.items() if not n.startswith("STEblocks.")}
     with pytest.raises(CheckpointError, match="STEblocks"):
-        convert.infer_config(without_blocks)
+        pytorch.infer_config(without_blocks)
 
 
 # ---------------------------------------------------------------------------
@@ -331,16 +332,16 @@ def _prefixed(state_dict):
 )
 def test_pth_variants_are_read(tmp_path, release_checkpoint, release_state_dict, wrap):
     path = _torch_save(wrap(release_checkpoint["model"]), tmp_path / "variant.pth")
-    _assert_same_state_dict(convert.read_pytorch_state_dict(path), release_state_dict)
+    _assert_same_state_dict(pytorch.read_pytorch_state_dict(path), release_state_dict)
 
 
 def test_release_training_checkpoint_is_read(pth_path, release_state_dict):
-    _assert_same_state_dict(convert.read_pytorch_state_dict(pth_path), release_state_dict)
+    _assert_same_state_dict(pytorch.read_pytorch_state_dict(pth_path), release_state_dict)
 
 
 def test_dataparallel_checkpoint_loads(tmp_path, release_checkpoint, tiny_model):
     path = _torch_save(_prefixed(release_checkpoint["model"]), tmp_path / "dp.pth")
-    _assert_same_params(checkpoint.params_of(checkpoint.load_model(path)), checkpoint.params_of(tiny_model))
+    _assert_same_params(model_dirs.params_of(loader.load_model(path)), model_dirs.params_of(tiny_model))
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +353,7 @@ def test_checkpoint_error_is_a_value_error():
 
 
 def test_missing_file(tmp_path):
-    for read in (convert.read_pytorch_state_dict, checkpoint.load_model):
+    for read in (pytorch.read_pytorch_state_dict, loader.load_model):
         with pytest.raises(CheckpointError, match="not found"):
             read(tmp_path / "nope.pth")
 
@@ -377,7 +378,7 @@ def _write_bytes(path, data):
 )
 def test_unreadable_files(tmp_path, pth_path, make):
     path = make(tmp_path, pth_path)
-    for read in (convert.read_pytorch_state_dict, checkpoint.load_model):
+    for read in (pytorch.read_pytorch_state_dict, loader.load_model):
         with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint$") as info:
             read(path)
         assert path.name in str(info.value) and "\n" not in str(info.value)
@@ -391,7 +392,7 @@ def test_unreadable_files(tmp_path, pth_path, make):
 def test_files_without_a_state_dict(tmp_path, payload):
     path = _torch_save(payload, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="holds no state_dict"):
-        checkpoint.load_model(path)
+        loader.load_model(path)
 
 
 def test_every_mismatch_is_reported_by_name_at_once(tmp_path, release_checkpoint):
@@ -403,7 +404,7 @@ def test_every_mismatch_is_reported_by_name_at_once(tmp_path, release_checkpoint
     state_dict["Spatial_norm.weight"] = torch.zeros(31)
     path = _torch_save({"model": state_dict}, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError) as info:
-        checkpoint.load_model(path)
+        loader.load_model(path)
     message = str(info.value)
     for name in ("head.1.bias", "TTEblocks.1.op.Ds", "extra.weight", "STEblocks.0.op.bogus"):
         assert name in message
@@ -426,18 +427,18 @@ def test_every_mismatch_is_reported_by_name_at_once(tmp_path, release_checkpoint
 def test_bad_options(pth_path, model_dir, options, match):
     for path in (pth_path, model_dir):
         with pytest.raises(ValueError, match=match):
-            checkpoint.load_model(path, **options)
+            loader.load_model(path, **options)
 
 
 def test_paths_that_are_no_model(tmp_path, model_dir):
     with pytest.raises(CheckpointError, match="neither"):
-        checkpoint.load_model(tmp_path)
-    (tmp_path / checkpoint.CONFIG_FILE).write_text('{"format": "something else"}')
+        loader.load_model(tmp_path)
+    (tmp_path / model_dirs.CONFIG_FILE).write_text('{"format": "something else"}')
     with pytest.raises(CheckpointError, match="not a sasmamba-jax model config"):
-        checkpoint.load_model(tmp_path)
-    (tmp_path / checkpoint.CONFIG_FILE).write_bytes((model_dir / checkpoint.CONFIG_FILE).read_bytes())
+        loader.load_model(tmp_path)
+    (tmp_path / model_dirs.CONFIG_FILE).write_bytes((model_dir / model_dirs.CONFIG_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="no parameters"):
-        checkpoint.load_model(tmp_path)
+        loader.load_model(tmp_path)
 
 
 # ---------------------------------------------------------------------------
@@ -446,16 +447,16 @@ def test_paths_that_are_no_model(tmp_path, model_dir):
 
 def test_load_model_matches_release_from_pth_and_directory(tiny_model, model_dir, reference):
     _assert_matches_release(tiny_model, reference)
-    from_directory = checkpoint.load_model(model_dir)
+    from_directory = loader.load_model(model_dir)
     assert from_directory.config == tiny_model.config
-    _assert_same_params(checkpoint.params_of(from_directory), checkpoint.params_of(tiny_model))
+    _assert_same_params(model_dirs.params_of(from_directory), model_dirs.params_of(tiny_model))
     _assert_matches_release(from_directory, reference)
 
 
 def test_load_model_with_options_matches_release(pth_path, model_dir, reference):
     options = dict(scan="chunked", stride_grad="exact", drop_path_rate=0.0)
-    from_pth = checkpoint.load_model(pth_path, **options)
-    from_directory = checkpoint.load_model(model_dir, **options)
+    from_pth = loader.load_model(pth_path, **options)
+    from_directory = loader.load_model(model_dir, **options)
     for model in (from_pth, from_directory):
         assert (model.config.scan, model.config.stride_grad, model.config.drop_path_rate) == (
             "chunked",
@@ -473,12 +474,12 @@ def test_load_model_with_options_matches_release(pth_path, model_dir, reference)
 def test_cli_converts_and_checks(tmp_path, pth_path, data_dir, tiny_model, capsys):
     out_dir = tmp_path / "converted"
     reference_npz = str(data_dir / "official_tiny.npz")
-    assert checkpoint.convert_main([str(pth_path), str(out_dir), "--check", reference_npz]) == 0
+    assert convert_cli.main([str(pth_path), str(out_dir), "--check", reference_npz]) == 0
     printed = capsys.readouterr().out
     assert "max abs error" in printed and "max rel error" in printed and "OK" in printed
-    converted = checkpoint.load_model(out_dir)
+    converted = loader.load_model(out_dir)
     assert converted.config == tiny_model.config
-    _assert_same_params(checkpoint.params_of(converted), checkpoint.params_of(tiny_model))
+    _assert_same_params(model_dirs.params_of(converted), model_dirs.params_of(tiny_model))
     assert sorted(os.listdir(tmp_path)) == ["converted"]
 
 
@@ -487,7 +488,7 @@ def test_cli_check_fails_on_a_tampered_reference(tmp_path, pth_path, reference, 
     y = reference["y"].copy()
     y[0, 3, 5, 1] += 0.01
     np.savez(tampered, x=reference["x"], y=y)
-    assert checkpoint.convert_main([str(pth_path), str(tmp_path / "out"), "--check", str(tampered)]) == 1
+    assert convert_cli.main([str(pth_path), str(tmp_path / "out"), "--check", str(tampered)]) == 1
     assert "FAILED" in capsys.readouterr().out
 
 
@@ -495,27 +496,27 @@ def test_cli_refuses_to_replace_without_overwrite(tmp_path, pth_path, capsys):
     out_dir = tmp_path / "existing"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("precious")
-    assert checkpoint.convert_main([str(pth_path), str(out_dir)]) == 2
+    assert convert_cli.main([str(pth_path), str(out_dir)]) == 2
     assert "exists" in capsys.readouterr().err
     assert os.listdir(out_dir) == ["keep.txt"]
     assert (out_dir / "keep.txt").read_text() == "precious"
     assert sorted(os.listdir(tmp_path)) == ["existing"]
 
-    assert checkpoint.convert_main([str(pth_path), str(out_dir), "--overwrite"]) == 0
-    assert sorted(os.listdir(out_dir)) == [checkpoint.CONFIG_FILE, checkpoint.PARAMS_DIR]
+    assert convert_cli.main([str(pth_path), str(out_dir), "--overwrite"]) == 0
+    assert sorted(os.listdir(out_dir)) == [model_dirs.CONFIG_FILE, model_dirs.PARAMS_DIR]
     assert sorted(os.listdir(tmp_path)) == ["existing"]
 
 
 def test_cli_truncated_checkpoint_writes_nothing(tmp_path, pth_path, capsys):
     truncated = _write_bytes(tmp_path / "half.pth", pth_path.read_bytes()[:1000])
-    assert checkpoint.convert_main([str(truncated), str(tmp_path / "out")]) == 2
+    assert convert_cli.main([str(truncated), str(tmp_path / "out")]) == 2
     assert "is not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["half.pth"]
 
 
 def test_cli_missing_reference_writes_nothing(tmp_path, pth_path, capsys):
     missing = str(tmp_path / "no.npz")
-    assert checkpoint.convert_main([str(pth_path), str(tmp_path / "out"), "--check", missing]) == 2
+    assert convert_cli.main([str(pth_path), str(tmp_path / "out"), "--check", missing]) == 2
     assert "reference file not found" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 
@@ -540,14 +541,14 @@ def test_cli_exit_code_and_stderr_of_the_real_command(tmp_path, pth_path):
 
 def test_cli_to_pytorch_writes_the_release_state_dict(tmp_path, model_dir, release_state_dict, capsys):
     new_pth = tmp_path / "new.pth"
-    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), str(new_pth)]) == 0
+    assert convert_cli.main(["--to-pytorch", str(model_dir), str(new_pth)]) == 0
     written = torch.load(new_pth, map_location="cpu", weights_only=True)
     assert list(written) == ["model"]
     _assert_same_state_dict({n: t.numpy() for n, t in written["model"].items()}, release_state_dict)
     assert os.listdir(tmp_path) == ["new.pth"]
 
     capsys.readouterr()
-    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), str(new_pth)]) == 2
+    assert convert_cli.main(["--to-pytorch", str(model_dir), str(new_pth)]) == 2
     assert "exists" in capsys.readouterr().err
 
 
@@ -558,23 +559,23 @@ def test_cli_to_pytorch_writes_the_release_state_dict(tmp_path, model_dir, relea
 def test_save_model_refuses_an_existing_directory(tmp_path, random_model):
     (tmp_path / "m").mkdir()
     with pytest.raises(FileExistsError):
-        checkpoint.save_model(random_model, tmp_path / "m")
+        model_dirs.save_model(random_model, tmp_path / "m")
     assert os.listdir(tmp_path / "m") == []
 
 
 def test_save_model_refuses_to_replace_a_file(tmp_path, random_model):
     (tmp_path / "m").write_text("not a model")
     with pytest.raises(FileExistsError, match="not a directory"):
-        checkpoint.save_model(random_model, tmp_path / "m", overwrite=True)
+        model_dirs.save_model(random_model, tmp_path / "m", overwrite=True)
     assert (tmp_path / "m").read_text() == "not a model"
 
 
 def test_outputs_get_the_permissions_of_plain_files(tmp_path, random_model):
     previous = os.umask(0o022)
     try:
-        checkpoint.save_model(random_model, tmp_path / "m")
-        convert.write_pytorch_checkpoint(
-            checkpoint.export_pytorch_state_dict(random_model), tmp_path / "m.pth"
+        model_dirs.save_model(random_model, tmp_path / "m")
+        pytorch.write_pytorch_checkpoint(
+            model_dirs.export_pytorch_state_dict(random_model), tmp_path / "m.pth"
         )
     finally:
         os.umask(previous)
@@ -584,7 +585,7 @@ def test_outputs_get_the_permissions_of_plain_files(tmp_path, random_model):
 
 def test_cli_to_pytorch_into_a_missing_folder_is_a_one_line_error(tmp_path, model_dir, capsys):
     destination = str(tmp_path / "no" / "such" / "x.pth")
-    assert checkpoint.convert_main(["--to-pytorch", str(model_dir), destination]) == 2
+    assert convert_cli.main(["--to-pytorch", str(model_dir), destination]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
@@ -596,25 +597,25 @@ def _boom(*args, **kwargs):
 def test_crashed_overwrite_keeps_the_old_directory(tmp_path, monkeypatch, random_model, crash):
     old = random_model
     directory = tmp_path / "model"
-    checkpoint.save_model(old, directory)
-    config_bytes = (directory / checkpoint.CONFIG_FILE).read_bytes()
+    model_dirs.save_model(old, directory)
+    config_bytes = (directory / model_dirs.CONFIG_FILE).read_bytes()
 
     if crash == "orbax-save":
-        monkeypatch.setattr(checkpoint.ocp.StandardCheckpointer, "save", _boom)
+        monkeypatch.setattr(model_dirs.ocp.StandardCheckpointer, "save", _boom)
     else:
-        monkeypatch.setattr(checkpoint.json, "dump", _boom)
-    new = checkpoint.build_model(old.config, _random_params(old.config, seed=1))
+        monkeypatch.setattr(model_dirs.json, "dump", _boom)
+    new = model_dirs.build_model(old.config, _random_params(old.config, seed=1))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        checkpoint.save_model(new, directory, overwrite=True)
+        model_dirs.save_model(new, directory, overwrite=True)
     monkeypatch.undo()
 
     assert os.listdir(tmp_path) == ["model"]
-    assert (directory / checkpoint.CONFIG_FILE).read_bytes() == config_bytes
-    _assert_same_params(checkpoint.params_of(checkpoint.load_model(directory)), checkpoint.params_of(old))
+    assert (directory / model_dirs.CONFIG_FILE).read_bytes() == config_bytes
+    _assert_same_params(model_dirs.params_of(loader.load_model(directory)), model_dirs.params_of(old))
 
-    checkpoint.save_model(new, directory, overwrite=True)
+    model_dirs.save_model(new, directory, overwrite=True)
     assert os.listdir(tmp_path) == ["model"]
-    _assert_same_params(checkpoint.params_of(checkpoint.load_model(directory)), checkpoint.params_of(new))
+    _assert_same_params(model_dirs.params_of(loader.load_model(directory)), model_dirs.params_of(new))
 
 
 # ---------------------------------------------------------------------------
@@ -628,17 +629,17 @@ sys.modules["torch"] = None  # makes every `import torch` fail
 import numpy as np
 
 import sasmamba_jax
-import sasmamba_jax.checkpoint
-import sasmamba_jax.convert
-import sasmamba_jax.model
-from sasmamba_jax.inference import predict
+import sasmamba_jax.io.loader
+import sasmamba_jax.io.pytorch
+import sasmamba_jax.model.sasmamba
+from sasmamba_jax.model.forward import predict
 
 pth_path, model_dir, reference_npz = sys.argv[1:]
-model = sasmamba_jax.checkpoint.load_model(model_dir)
+model = sasmamba_jax.io.loader.load_model(model_dir)
 with np.load(reference_npz) as reference:
     error = np.max(np.abs(np.asarray(predict(model, reference["x"])) - reference["y"]))
 print("max abs error:", error)
-for read in (sasmamba_jax.convert.read_pytorch_state_dict, sasmamba_jax.checkpoint.load_model):
+for read in (sasmamba_jax.io.pytorch.read_pytorch_state_dict, sasmamba_jax.io.loader.load_model):
     try:
         read(pth_path)
     except ImportError as e:

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sasmamba_jax.configs import common
 
-from configs import common
-from sasmamba_jax import eval_lib, skeleton
+from sasmamba_jax import skeleton
 from sasmamba_jax.data import augment, h36m, mpi3dhp
+from sasmamba_jax.evaluate import tasks
 
 CAMERAS = ("54138969", "55011271", "58860488", "60457274")
 
@@ -406,12 +407,12 @@ def test_training_reads_the_clip_folder_when_configured(tmp_path):
             pickle.dump({"data_input": data.train_inputs[i] + 1, "data_label": data.train_targets[i] - 1}, f)
     data_config = common.base_config().data
     data_config.pkl_path, data_config.train_clip_dir = str(path), str(root)
-    task = eval_lib.load_task(data_config, 6, seed=0)
+    task = tasks.load_task(data_config, 6, seed=0)
     np.testing.assert_array_equal(task.data.train_inputs, data.train_inputs[:2] + 1)
     np.testing.assert_array_equal(task.data.train_targets, data.train_targets[:2] - 1)
     np.testing.assert_array_equal(task.data.test_inputs, data.test_inputs)
     with pytest.raises(ValueError, match="clips of 6 frames; the model takes 9"):
-        eval_lib.load_task(data_config, 9, seed=0)
+        tasks.load_task(data_config, 9, seed=0)
 
 
 # MPI-INF-3DHP.

@@ -18,8 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from sasmamba_jax import checkpoint, detector_files, infer, inference, keypoints, skeleton
-from sasmamba_jax.model import SasMambaConfig
+from sasmamba_jax import skeleton
+from sasmamba_jax.cli import infer
+from sasmamba_jax.io import loader, model_dirs
+from sasmamba_jax.lifting import detector_files, keypoints, sequences
+from sasmamba_jax.model.sasmamba import SasMambaConfig
 
 FRAMES = 30
 IMAGE_SIZE = (1000, 1002)
@@ -207,26 +210,26 @@ def _model():
     rng = np.random.default_rng(0)
     params = jax.tree.map(
         lambda leaf: (0.2 * rng.standard_normal(leaf.shape)).astype(np.float32),
-        checkpoint.abstract_params(config),
+        model_dirs.abstract_params(config),
     )
-    return checkpoint.build_model(config, params)
+    return model_dirs.build_model(config, params)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ckpt") / "model"
-    checkpoint.save_model(_model(), directory)
+    model_dirs.save_model(_model(), directory)
     return directory
 
 
 @pytest.fixture(scope="module")
 def direct_lifts(model_dir, people):
     """Each person's Human3.6M keypoints lifted directly, over the frames they are present in."""
-    model = checkpoint.load_model(model_dir)
+    model = loader.load_model(model_dir)
     options = dict(keypoint_format="h36m", image_size=IMAGE_SIZE, flip_tta=False)
     return (
-        inference.lift(model, people[0], **options),
-        inference.lift(model, people[1, SECOND_PRESENT], **options),
+        sequences.lift(model, people[0], **options),
+        sequences.lift(model, people[1, SECOND_PRESENT], **options),
     )
 
 
@@ -274,12 +277,12 @@ def test_cli_person_picks_one_track(tmp_path, people, model_dir, direct_lifts):
 
 
 def test_short_tracks_are_reported_and_skipped(people, model_dir):
-    model = checkpoint.load_model(model_dir)
+    model = loader.load_model(model_dir)
     detections = np.full((2, FRAMES, 17, 3), np.nan)
     detections[0, :, :, :2], detections[0, :, :, 2] = people[0], 0.9
     detections[1, 10:13, :, :2], detections[1, 10:13, :, 2] = people[1, 10:13], 0.9
     with pytest.warns(UserWarning, match=r"fewer than 5 frames: person 7 \(3 frames\)"):
-        lifted = inference.lift_people(model, detections, PERSON_IDS, image_size=IMAGE_SIZE, flip_tta=False)
+        lifted = sequences.lift_people(model, detections, PERSON_IDS, image_size=IMAGE_SIZE, flip_tta=False)
     assert lifted.person_ids == (3,) and lifted.skipped_ids == (7,)
     assert lifted.poses_3d.shape == (1, FRAMES, 17, 3)
 
@@ -287,11 +290,11 @@ def test_short_tracks_are_reported_and_skipped(people, model_dir):
 @pytest.mark.slow
 def test_people_share_batches_with_the_result_of_lifting_alone(model_dir, people):
     """Windows of two people in one batch give each person's own lift (batch 3: a new compile)."""
-    model = checkpoint.load_model(model_dir)
+    model = loader.load_model(model_dir)
     inputs = [keypoints.normalize_by_image_size(p, IMAGE_SIZE) for p in (people[0], people[1, :12])]
-    together = inference.lift_sequences(model, inputs, flip_tta=False, batch_size=3)
+    together = sequences.lift_sequences(model, inputs, flip_tta=False, batch_size=3)
     for sequence, lifted in zip(inputs, together):
-        alone = inference.lift_sequence(model, sequence, flip_tta=False)
+        alone = sequences.lift_sequence(model, sequence, flip_tta=False)
         np.testing.assert_allclose(lifted, alone, atol=1e-5)
 
 

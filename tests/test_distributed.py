@@ -3,7 +3,7 @@ import warnings
 import jax
 import pytest
 
-from sasmamba_jax import distributed
+from sasmamba_jax.parallel import distributed
 
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
 

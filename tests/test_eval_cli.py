@@ -12,11 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import eval_lib, skeleton
-from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import predict
+from sasmamba_jax import skeleton
+from sasmamba_jax.evaluate import tasks
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.model.forward import predict
 
 pytest.importorskip("torch")
 
@@ -48,7 +49,7 @@ def expected(data_dir):
     """P1 of the release checkpoint's predictions made here, with and without flipping."""
     model = load_model(data_dir / "official_tiny.pth")
     config = tiny.get_config()
-    task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    task = tasks.load_task(config.data, model.config.num_frames, config.seed)
     clips = task.data.test_inputs[..., : model.config.in_chans]
     plain = np.concatenate([np.asarray(predict(model, batch)) for batch in np.array_split(clips, 8)])
     mirrored = np.concatenate(

@@ -13,8 +13,8 @@ import pickle
 import numpy as np
 import pytest
 
-from sasmamba_jax import evaluation, metrics
 from sasmamba_jax.data import h36m, mpi3dhp
+from sasmamba_jax.evaluate import metrics, protocols
 
 DEMO_PICKLE = pathlib.Path(__file__).parents[1] / "data" / "cmu_demo" / "h36m_cmu_s01.pkl"
 T = 5
@@ -131,7 +131,7 @@ def test_matches_explicit_loop_with_overlaps_repeats_and_skips():
     assert len(clips) > len(set(clips.ravel())) / T  # Clips overlap...
     assert any(len(set(c)) < T for c in clips)  # ...and one repeats frames.
     predictions = np.random.default_rng(1).normal(scale=0.2, size=clips.shape + (17, 3))
-    results = evaluation.evaluate_h36m(predictions, data)
+    results = protocols.evaluate_h36m(predictions, data)
     expected = _reference_h36m(predictions, data, cameras)
 
     assert sorted(results["per_action"]) == ["Directions", "Discussion"]  # Eating is skipped.
@@ -155,14 +155,14 @@ def test_skipped_sequence_predictions_do_not_matter():
     assert skipped_clips.any()
     changed = predictions.copy()
     changed[skipped_clips] += 10.0
-    assert evaluation.evaluate_h36m(predictions, data) == evaluation.evaluate_h36m(changed, data)
+    assert protocols.evaluate_h36m(predictions, data) == protocols.evaluate_h36m(changed, data)
 
 
 def test_perfect_and_similarity_transformed_predictions():
     data, _ = _test_split(seed=3)
     gt = data.test_joints_mm[data.test_clip_frames].astype(np.float64)
     gt -= gt[:, :, :1]
-    perfect = evaluation.evaluate_h36m(_normalised_from_mm(gt, data), data)
+    perfect = protocols.evaluate_h36m(_normalised_from_mm(gt, data), data)
     for key in ("p1", "p2", "accel"):
         assert perfect[key] < 1e-6
     assert max(perfect["per_joint"]) < 1e-6
@@ -172,21 +172,21 @@ def test_perfect_and_similarity_transformed_predictions():
     rotation = np.array(
         [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]]
     )
-    transformed = evaluation.evaluate_h36m(_normalised_from_mm(1.1 * gt @ rotation.T, data), data)
+    transformed = protocols.evaluate_h36m(_normalised_from_mm(1.1 * gt @ rotation.T, data), data)
     assert transformed["p1"] > 50 and transformed["p2"] < 1e-6
 
 
 def test_wrong_prediction_shape_raises():
     data, _ = _test_split()
     with pytest.raises(ValueError, match="shape"):
-        evaluation.evaluate_h36m(np.zeros((1, T, 17, 3)), data)
+        protocols.evaluate_h36m(np.zeros((1, T, 17, 3)), data)
 
 
 def test_format_results_table():
     data, _ = _test_split()
     predictions = np.random.default_rng(4).normal(scale=0.2, size=data.test_clip_frames.shape + (17, 3))
-    results = evaluation.evaluate_h36m(predictions, data)
-    table = evaluation.format_results_table(results)
+    results = protocols.evaluate_h36m(predictions, data)
+    table = protocols.format_results_table(results)
     lines = table.splitlines()
     assert "P1" in lines[0] and "P2" in lines[0]
     directions = next(line for line in lines if line.startswith("Directions"))
@@ -227,7 +227,7 @@ def test_end_to_end_targets_as_predictions_score_zero(tmp_path):
     _write_h36m_pickle(path, np.random.default_rng(5))
     data = h36m.load_h36m(str(path), T)
     predictions = data.test_targets - data.test_targets[:, :, :1]
-    results = evaluation.evaluate_h36m(predictions, data)
+    results = protocols.evaluate_h36m(predictions, data)
     assert results["p1"] < 1e-3 and results["p2"] < 1e-3 and results["accel"] < 1e-3
 
 
@@ -239,10 +239,10 @@ def test_demo_pickle_loads_and_evaluates():
     # Its 2.5d joints are its image joints times the factor, so the targets
     # themselves score (about) 0, and a shifted copy does not.
     targets = data.test_targets - data.test_targets[:, :, :1]
-    results = evaluation.evaluate_h36m(targets, data)
+    results = protocols.evaluate_h36m(targets, data)
     assert results["num_frames"] > 0 and results["p1"] < 0.05 and results["p2"] < 0.05
     json.dumps(results)
-    shifted = evaluation.evaluate_h36m(targets + [0.01, 0.0, 0.0], data)
+    shifted = protocols.evaluate_h36m(targets + [0.01, 0.0, 0.0], data)
     assert shifted["p1"] > 1
 
 
@@ -297,7 +297,7 @@ def test_3dhp_scores_centre_frames_of_valid_windows(tmp_path):
     predictions = rng.normal(scale=50, size=(num_windows, 7, 17, 3))  # Off-centre: ignored.
     predictions[:, 3] = centre_mm / half_width
     predictions[:, 3, 14] = 0.7  # The release zeroes the root without shifting the rest.
-    results = evaluation.evaluate_3dhp(predictions, data)
+    results = protocols.evaluate_3dhp(predictions, data)
 
     expected = _reference_3dhp(centre_mm, data.test_targets_mm)
     for key in ("pck", "auc", "p1"):
@@ -312,5 +312,5 @@ def test_3dhp_scores_centre_frames_of_valid_windows(tmp_path):
 
     perfect = np.zeros_like(predictions)
     perfect[:, 3] = data.test_targets_mm / half_width
-    results = evaluation.evaluate_3dhp(perfect, data)
+    results = protocols.evaluate_3dhp(perfect, data)
     assert results["pck"] == 100 and results["auc"] > 96 and results["p1"] < 1e-3

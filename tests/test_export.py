@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from sasmamba_jax import checkpoint, export, inference
-from sasmamba_jax.model import SasMambaConfig
+from sasmamba_jax.cli import export as export_cli
+from sasmamba_jax.io import model_dirs, serving
+from sasmamba_jax.model import forward
+from sasmamba_jax.model.sasmamba import SasMambaConfig
 
 FRAMES = 27
 
@@ -20,9 +22,9 @@ def model():
     rng = np.random.default_rng(0)
     params = jax.tree.map(
         lambda leaf: (0.2 * rng.standard_normal(leaf.shape)).astype(np.float32),
-        checkpoint.abstract_params(config),
+        model_dirs.abstract_params(config),
     )
-    return checkpoint.build_model(config, params)
+    return model_dirs.build_model(config, params)
 
 
 def mirror(poses):
@@ -42,25 +44,25 @@ def inputs(shape, seed=0):
 def exported_path(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "forward.jax"
     # Lowered for CUDA too: the CPU half must still run here.
-    export.export_forward(model, path, frames=20, batch=2, platforms=("cpu", "cuda"))
+    serving.export_forward(model, path, frames=20, batch=2, platforms=("cpu", "cuda"))
     return path
 
 
 def test_exported_matches_direct_model(model, exported_path):
     x = inputs((2, 20, 17, 2))
-    forward = inference.load_exported(exported_path)
-    np.testing.assert_allclose(forward(x), np.asarray(inference.predict(model, x)), atol=1e-6, rtol=0)
-    assert forward.input_shape == (2, 20, 17, 2) and forward.output_shape == (2, 20, 17, 3)
+    exported = serving.load_exported(exported_path)
+    np.testing.assert_allclose(exported(x), np.asarray(forward.predict(model, x)), atol=1e-6, rtol=0)
+    assert exported.input_shape == (2, 20, 17, 2) and exported.output_shape == (2, 20, 17, 3)
 
 
 def test_exported_with_flip_tta_matches_flip_average(model, tmp_path):
     path = tmp_path / "flip.jax"
-    export.export_forward(model, path, batch=1, flip_tta=True)
+    serving.export_forward(model, path, batch=1, flip_tta=True)
     x = inputs((1, FRAMES, 17, 2), seed=1)
-    direct = np.asarray(inference.predict(model, x))
-    flipped = np.asarray(inference.predict(model, mirror(x)))
+    direct = np.asarray(forward.predict(model, x))
+    flipped = np.asarray(forward.predict(model, mirror(x)))
     expected = (direct + mirror(flipped)) / 2
-    np.testing.assert_allclose(inference.load_exported(path)(x), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(serving.load_exported(path)(x), expected, atol=1e-6, rtol=0)
 
 
 def test_metadata_sidecar(model, exported_path):
@@ -69,11 +71,11 @@ def test_metadata_sidecar(model, exported_path):
     assert metadata["flip_tta"] is False
     assert metadata["platforms"] == ["cpu", "cuda"]
     assert SasMambaConfig.from_dict(metadata["model"]) == model.config
-    assert inference.load_exported(exported_path).metadata == metadata
+    assert serving.load_exported(exported_path).metadata == metadata
 
 
 def test_shape_mismatch_is_a_clear_error(exported_path):
-    forward = inference.load_exported(exported_path)
+    forward = serving.load_exported(exported_path)
     with pytest.raises(ValueError, match=r"input of shape \(2, 20, 17, 2\), got \(1, 20, 17, 2\)"):
         forward(np.zeros((1, 20, 17, 2)))
 
@@ -81,7 +83,7 @@ def test_shape_mismatch_is_a_clear_error(exported_path):
 def test_runs_with_jax_alone(exported_path, tmp_path):
     x = inputs((2, 20, 17, 2), seed=2)
     np.save(tmp_path / "x.npy", x)
-    expected = inference.load_exported(exported_path)(x)
+    expected = serving.load_exported(exported_path)(x)
     # The package is made unimportable: only jax and numpy run the artefact.
     script = (
         "import sys; sys.modules['sasmamba_jax'] = None\n"
@@ -107,28 +109,28 @@ def test_runs_with_jax_alone(exported_path, tmp_path):
 )
 def test_bad_export_options(model, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        export.export_forward(model, tmp_path / "x.jax", **kwargs)
+        serving.export_forward(model, tmp_path / "x.jax", **kwargs)
 
 
 def test_load_rejects_other_files(tmp_path):
     (tmp_path / "junk.jax").write_bytes(b"not an export")
     with pytest.raises(ValueError, match="not a serialised jax.export"):
-        inference.load_exported(tmp_path / "junk.jax")
+        serving.load_exported(tmp_path / "junk.jax")
     with pytest.raises(ValueError, match="cannot read"):
-        inference.load_exported(tmp_path / "absent.jax")
+        serving.load_exported(tmp_path / "absent.jax")
 
 
 def test_cli_with_release_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "tiny.jax"
-    status = export.main(["--checkpoint", str(data_dir / "official_tiny.pth"), "--frames", "9", str(out)])
+    status = export_cli.main(["--checkpoint", str(data_dir / "official_tiny.pth"), "--frames", "9", str(out)])
     assert status == 0
-    forward = inference.load_exported(out)
+    forward = serving.load_exported(out)
     assert forward.input_shape == (1, 9, 17, 2)
     assert forward.metadata["model"]["dim"] == 32
 
 
 def test_cli_errors_are_one_line_with_status_2(data_dir, tmp_path, capsys):
-    status = export.main(
+    status = export_cli.main(
         ["--checkpoint", str(data_dir / "official_tiny.pth"), "--frames", "100", str(tmp_path / "x.jax")]
     )
     err = capsys.readouterr().err

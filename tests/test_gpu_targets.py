@@ -21,11 +21,14 @@ import pytest
 import test_aot
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import aot, eval_lib, sharding, skeleton, step_memory, targets, train_lib
-from sasmamba_jax.model import SasMamba
+from sasmamba_jax import skeleton, targets
+from sasmamba_jax.model import forward
+from sasmamba_jax.model.sasmamba import SasMamba
 from sasmamba_jax.ops.selective_scan import PRE_TRITON_GPU_BACKEND, resolve_backend, selective_scan
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import aot, memory, recipe
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -48,7 +51,7 @@ def _small_config():
     config = tiny.get_config()
     with config.unlocked():
         config.model.num_frames, config.model.depth = SMALL["num_frames"], SMALL["depth"]
-    return train_lib.with_memory_settings(config, False, 1)
+    return recipe.with_memory_settings(config, False, 1)
 
 
 def _custom_call_targets(compiled) -> set[str]:
@@ -88,12 +91,12 @@ def test_gpu_memory_is_the_allocators_share_of_the_card(cuda_registered, monkeyp
     (device,) = targets.topology_devices("t4")
     # 15110 MiB: what a T4 reports (the figure's source is in its textproto).
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-    assert step_memory.device_memory_bytes(device) == int(15843721216 * 0.75)
+    assert memory.device_memory_bytes(device) == int(15843721216 * 0.75)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-    assert step_memory.device_memory_bytes(device) == int(15843721216 * 0.5)
+    assert memory.device_memory_bytes(device) == int(15843721216 * 0.5)
     monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "1.5")
     with pytest.raises(targets.TargetError, match="XLA_PYTHON_CLIENT_MEM_FRACTION must be in"):
-        step_memory.device_memory_bytes(device)
+        memory.device_memory_bytes(device)
 
 
 def test_unknown_gpu_names_are_named():
@@ -146,37 +149,37 @@ def test_forced_pallas_on_a_t4_is_one_line_at_trace_time(cuda_registered):
 
 def _train_step(config, mesh):
     """train.py's step and its abstract arguments."""
-    return train_lib.train_step, train_lib.abstract_train_step_args(config, mesh)
+    return recipe.train_step, memory.abstract_train_step_args(config, mesh)
 
 
 def _eval_forward(config, mesh):
     """eval.py's forward (the training state's model, test-time flip) on one clip per device."""
-    state, _ = train_lib.abstract_train_step_args(config, mesh)
-    graphdef = eval_lib.eval_graphdef(state.graphdef, state.params)
+    state, _ = memory.abstract_train_step_args(config, mesh)
+    graphdef = forward.eval_graphdef(state.graphdef, state.params)
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def forward(params, x):
-        return eval_lib._predict_batch(graphdef, params, x, skeleton.FLIP_PERMUTATION, replicated)
+    def predict(params, x):
+        return forward._predict_batch(graphdef, params, x, skeleton.FLIP_PERMUTATION, replicated)
 
-    return forward, (state.params, _clips(config, mesh))
+    return predict, (state.params, _clips(config, mesh))
 
 
 def _lift_forward(config, mesh):
     """inference.py's forward (predict, lift): an eval-mode model's parameters alone, no flip."""
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     model = nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(params=0)))
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=replicated), params)
 
     def forward(params, x):
-        return eval_lib._predict_batch(graphdef, params, x, None, replicated)
+        return forward._predict_batch(graphdef, params, x, None, replicated)
 
     return forward, (params, _clips(config, mesh))
 
 
 def _clips(config, mesh):
-    model_cfg = train_lib.model_config(config)
+    model_cfg = recipe.model_config(config)
     shape = (mesh.devices.size, model_cfg.num_frames, skeleton.NUM_JOINTS, model_cfg.in_chans)
     return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding.batch_sharding(mesh))
 
@@ -204,7 +207,7 @@ def test_every_entry_point_compiles_for(cuda_registered, topology):
         assert kernel in calls
     else:
         assert TRITON_CALL not in calls
-    assert step_memory.compiled_peak_bytes(compiled) < step_memory.device_memory_bytes(devices[0])
+    assert memory.compiled_peak_bytes(compiled) < memory.device_memory_bytes(devices[0])
 
 
 # ---------------------------------------------------------------------------

@@ -7,8 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from sasmamba_jax import checkpoint, infer, inference
-from sasmamba_jax.model import SasMambaConfig
+from sasmamba_jax.cli import infer
+from sasmamba_jax.io import model_dirs
+from sasmamba_jax.lifting import sequences
+from sasmamba_jax.model import forward
+from sasmamba_jax.model.sasmamba import SasMambaConfig
 
 FRAMES = 27
 # Mirror pairs of the Human3.6M skeleton, written out here (not taken from
@@ -23,9 +26,9 @@ def random_model(in_chans=2, seed=0):
     rng = np.random.default_rng(seed)
     params = jax.tree.map(
         lambda leaf: (0.2 * rng.standard_normal(leaf.shape)).astype(np.float32),
-        checkpoint.abstract_params(config),
+        model_dirs.abstract_params(config),
     )
-    return checkpoint.build_model(config, params)
+    return model_dirs.build_model(config, params)
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +47,10 @@ def mirror(poses):
 
 def model_on_window(model, window, flip):
     """The model called directly on one (W, 17, C) window, with optional flip averaging."""
-    direct = np.asarray(inference.predict(model, window[None]))[0]
+    direct = np.asarray(forward.predict(model, window[None]))[0]
     if not flip:
         return direct
-    flipped = np.asarray(inference.predict(model, mirror(window)[None]))[0]
+    flipped = np.asarray(forward.predict(model, mirror(window)[None]))[0]
     return (direct + mirror(flipped)) / 2
 
 
@@ -105,7 +108,7 @@ def random_inputs(num_frames, seed=0):
 )
 def test_long_sequences_match_direct_window_calls(model, num_frames, stride, flip):
     inputs = random_inputs(num_frames)
-    lifted = inference.lift_sequence(model, inputs, stride=stride, flip_tta=flip, batch_size=3)
+    lifted = sequences.lift_sequence(model, inputs, stride=stride, flip_tta=flip, batch_size=3)
     expected = reference_lift(model, inputs, stride=stride, flip=flip)
     assert lifted.shape == (num_frames, 17, 3) and lifted.dtype == np.float32
     np.testing.assert_allclose(lifted, expected, atol=2e-5)
@@ -113,25 +116,25 @@ def test_long_sequences_match_direct_window_calls(model, num_frames, stride, fli
 
 def test_threads_do_not_change_the_result(model):
     inputs = random_inputs(100, seed=3)
-    one_thread = inference.lift_sequence(model, inputs, stride=7, batch_size=1, threads=1)
+    one_thread = sequences.lift_sequence(model, inputs, stride=7, batch_size=1, threads=1)
     for threads in (2, 5):
-        lifted = inference.lift_sequence(model, inputs, stride=7, batch_size=1, threads=threads)
+        lifted = sequences.lift_sequence(model, inputs, stride=7, batch_size=1, threads=threads)
         np.testing.assert_array_equal(lifted, one_thread)
 
 
 @pytest.mark.parametrize("num_frames, short_mode", [(1, "resample"), (10, "resample"), (10, "direct")])
 def test_short_sequences_match_direct_window_calls(model, num_frames, short_mode):
     inputs = random_inputs(num_frames, seed=1)
-    lifted = inference.lift_sequence(model, inputs, short_sequence_mode=short_mode, batch_size=3)
+    lifted = sequences.lift_sequence(model, inputs, short_sequence_mode=short_mode, batch_size=3)
     expected = reference_lift(model, inputs, stride=13, flip=True, short_mode=short_mode)
     np.testing.assert_allclose(lifted, expected, atol=2e-5)
 
 
 def test_new_sequence_lengths_do_not_compile_again(model):
-    inference.lift_sequence(model, random_inputs(40), batch_size=3)
+    sequences.lift_sequence(model, random_inputs(40), batch_size=3)
     with count_compilations() as compilations:
         for num_frames in (5, 27, 100, 333):
-            out = inference.lift_sequence(model, random_inputs(num_frames), batch_size=3)
+            out = sequences.lift_sequence(model, random_inputs(num_frames), batch_size=3)
             assert out.shape == (num_frames, 17, 3)
     assert compilations == []
 
@@ -139,7 +142,7 @@ def test_new_sequence_lengths_do_not_compile_again(model):
 def test_compile_counter_sees_compilations(model):
     # The counter of the test above would miss nothing: a new batch size compiles.
     with count_compilations() as compilations:
-        inference.lift_sequence(model, random_inputs(5), batch_size=2, flip_tta=False)
+        sequences.lift_sequence(model, random_inputs(5), batch_size=2, flip_tta=False)
     assert len(compilations) >= 1
 
 
@@ -175,19 +178,19 @@ def test_lift_normalises_pixels_and_converts_coco(model):
     normalised = h36m / width * 2 - np.array([1.0, height / width])
 
     expected = reference_lift(model, normalised.astype(np.float32), stride=13, flip=True)
-    lifted = inference.lift(model, coco, keypoint_format="coco", image_size=(width, height))
+    lifted = sequences.lift(model, coco, keypoint_format="coco", image_size=(width, height))
     np.testing.assert_allclose(lifted, expected, atol=2e-5)
 
 
 def test_to_image_units_scales_by_half_width():
     poses = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3)
-    np.testing.assert_allclose(inference.to_image_units(poses, (1000, 1002)), poses * 500)
+    np.testing.assert_allclose(sequences.to_image_units(poses, (1000, 1002)), poses * 500)
 
 
 def test_window_indices_cover_every_frame_with_full_windows():
     for num_frames in (27, 28, 40, 53, 54, 55, 333):
         for stride in (1, 5, 13, 27):
-            indices = inference.window_indices(num_frames, FRAMES, stride)
+            indices = sequences.window_indices(num_frames, FRAMES, stride)
             assert indices.shape[1] == FRAMES
             assert indices.min() == 0 and indices.max() == num_frames - 1
             assert set(indices.ravel()) == set(range(num_frames))
@@ -209,7 +212,7 @@ def test_window_indices_cover_every_frame_with_full_windows():
 )
 def test_lift_sequence_bad_input(model, inputs, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        inference.lift_sequence(model, inputs, **kwargs)
+        sequences.lift_sequence(model, inputs, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -223,18 +226,18 @@ def test_lift_sequence_bad_input(model, inputs, kwargs, message):
 )
 def test_lift_bad_keypoints(model, keypoints, message):
     with pytest.raises(ValueError, match=message):
-        inference.lift(model, keypoints)
+        sequences.lift(model, keypoints)
 
 
 def test_three_channel_model_needs_confidences():
     with pytest.raises(ValueError, match="3 input channels.*no confidences"):
-        inference.lift(random_model(in_chans=3), np.ones((5, 17, 2)))
+        sequences.lift(random_model(in_chans=3), np.ones((5, 17, 2)))
 
 
 @pytest.fixture(scope="module")
 def model_dir(model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("ckpt") / "model"
-    checkpoint.save_model(model, directory)
+    model_dirs.save_model(model, directory)
     return directory
 
 

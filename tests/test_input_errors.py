@@ -1,7 +1,7 @@
 """Bad input to train.py, eval.py and infer ends in one line and exit status 2, never a traceback.
 
 The in-process tests run what train.py and eval.py run under
-``cli.input_errors_end_the_program``; the subprocess tests run the commands
+``program.input_errors_end_the_program``; the subprocess tests run the commands
 themselves (one each in the default run, every case under the slow marker).
 """
 
@@ -14,9 +14,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import checkpoint, cli, infer, train_lib
+from sasmamba_jax.cli import infer, program
+from sasmamba_jax.io import loader, model_dirs
+from sasmamba_jax.train import checkpoints, loop, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
@@ -36,7 +38,7 @@ class _Hostile:
 
 def _one_line_exit(capsys, run) -> str:
     """Runs ``run`` as the commands do; the single line it ends with."""
-    with pytest.raises(SystemExit) as exit_info, cli.input_errors_end_the_program():
+    with pytest.raises(SystemExit) as exit_info, program.input_errors_end_the_program():
         run()
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
@@ -77,7 +79,7 @@ EXPECTED_DATA_ERRORS = {
 def test_bad_pickle_ends_training_in_one_line(tmp_path, capsys, bad_data, case):
     paths, marker = bad_data
     config = _tiny_config(pkl_path=str(paths[case]))
-    error = _one_line_exit(capsys, lambda: train_lib.train_and_evaluate(config, str(tmp_path / "run")))
+    error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(config, str(tmp_path / "run")))
     assert EXPECTED_DATA_ERRORS[case] in error and str(paths[case]) in error
     assert not marker.exists()
 
@@ -85,7 +87,7 @@ def test_bad_pickle_ends_training_in_one_line(tmp_path, capsys, bad_data, case):
 def test_bad_3dhp_npz_ends_training_in_one_line(tmp_path, capsys):
     missing = tmp_path / "data_train_3dhp.npz"
     config = _tiny_config(dataset="3dhp", train_npz=str(missing), test_npz=str(missing))
-    error = _one_line_exit(capsys, lambda: train_lib.train_and_evaluate(config, str(tmp_path / "run")))
+    error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(config, str(tmp_path / "run")))
     assert "MPI-INF-3DHP npz not found" in error and str(missing) in error
 
 
@@ -94,7 +96,7 @@ def test_hostile_clip_folder_ends_training_in_one_line(tmp_path, capsys):
     (tmp_path / "clips" / "train").mkdir(parents=True)
     (tmp_path / "clips" / "train" / "00000000.pkl").write_bytes(pickle.dumps(_Hostile(marker)))
     config = _tiny_config(train_clip_dir=str(tmp_path / "clips"))
-    error = _one_line_exit(capsys, lambda: train_lib.train_and_evaluate(config, str(tmp_path / "run")))
+    error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(config, str(tmp_path / "run")))
     assert f"refused to unpickle {REFUSED}" in error and "00000000.pkl" in error
     assert not marker.exists()
 
@@ -104,7 +106,7 @@ def test_init_from_a_checkpoint_of_other_shapes_ends_in_one_line(tmp_path, capsy
     with config.unlocked():
         config.init_from = str(data_dir / "official_tiny.pth")
         config.model.dim = 16
-    error = _one_line_exit(capsys, lambda: train_lib.train_and_evaluate(config, str(tmp_path / "run")))
+    error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(config, str(tmp_path / "run")))
     assert "official_tiny.pth has dim=32, the config asks for 16" in error
 
 
@@ -113,25 +115,25 @@ def test_resuming_a_workdir_of_another_model_ends_in_one_line(tmp_path, capsys):
     with other.unlocked():
         other.model.dim = 16
     # Zeros of the other model's shapes: nothing to compile.
-    abstract = jax.eval_shape(lambda: train_lib.create_train_state(other, train_lib.create_model(other)))
+    abstract = jax.eval_shape(lambda: recipe.create_train_state(other, recipe.create_model(other)))
     state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
-    latest, best = train_lib._checkpoint_managers(str(tmp_path), keep=1)
-    latest.save(1, args=train_lib._save_args(state, {"epoch": 0, "step_in_epoch": 1}, other))
+    latest, best = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
+    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, other))
     latest.wait_until_finished()
     latest.close(), best.close()
-    error = _one_line_exit(capsys, lambda: train_lib.train_and_evaluate(tiny.get_config(), str(tmp_path)))
+    error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(tiny.get_config(), str(tmp_path)))
     assert "cannot resume from step 1" in error
 
 
 def test_model_directory_whose_params_do_not_fit_its_config_ends_in_one_line(tmp_path, capsys, data_dir):
     directory = tmp_path / "model"
-    checkpoint.save_model(checkpoint.load_model(data_dir / "official_tiny.pth"), directory)
-    config_path = directory / checkpoint.CONFIG_FILE
+    model_dirs.save_model(loader.load_model(data_dir / "official_tiny.pth"), directory)
+    config_path = directory / model_dirs.CONFIG_FILE
     meta = json.loads(config_path.read_text())
     meta["model"]["dim"] = 16
     config_path.write_text(json.dumps(meta))
-    error = _one_line_exit(capsys, lambda: checkpoint.load_model(directory))
-    assert f"the parameters in {directory / checkpoint.PARAMS_DIR} do not fit the model config" in error
+    error = _one_line_exit(capsys, lambda: loader.load_model(directory))
+    assert f"the parameters in {directory / model_dirs.PARAMS_DIR} do not fit the model config" in error
     assert "['frame_pos_embed']: saved (27, 32), model (27, 16)" in error
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sasmamba_jax import keypoints, skeleton
+from sasmamba_jax import skeleton
+from sasmamba_jax.lifting import keypoints
 
 
 def _coco_frame():

@@ -7,42 +7,44 @@ infer and export load with.
 import json
 
 import pytest
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import checkpoint, train_lib
-from sasmamba_jax.checkpoint import DEFAULT_SCAN
+from sasmamba_jax.cli import convert as convert_cli
+from sasmamba_jax.io import loader, model_dirs
+from sasmamba_jax.io.loader import DEFAULT_SCAN
 from sasmamba_jax.ops.selective_scan import resolve_backend
+from sasmamba_jax.train import checkpoints, recipe
 
 pytest.importorskip("torch")
 
 
 def test_a_pth_loads_with_the_auto_scan_which_is_sequential_on_cpu(data_dir):
-    model = checkpoint.load_model(data_dir / "official_tiny.pth")
+    model = loader.load_model(data_dir / "official_tiny.pth")
     assert model.config.scan == DEFAULT_SCAN == "auto"
     assert resolve_backend(model.config.scan, "cpu") == "sequential"
 
 
 def test_model_directories_load_with_the_auto_scan_whatever_they_recorded(tmp_path, data_dir):
     directory = tmp_path / "model"
-    checkpoint.save_model(checkpoint.load_model(data_dir / "official_tiny.pth", scan="chunked"), directory)
-    assert json.loads((directory / checkpoint.CONFIG_FILE).read_text())["model"]["scan"] == "chunked"
-    assert checkpoint.load_model(directory).config.scan == "auto"
-    assert checkpoint.load_model(directory, scan="associative").config.scan == "associative"
+    model_dirs.save_model(loader.load_model(data_dir / "official_tiny.pth", scan="chunked"), directory)
+    assert json.loads((directory / model_dirs.CONFIG_FILE).read_text())["model"]["scan"] == "chunked"
+    assert loader.load_model(directory).config.scan == "auto"
+    assert loader.load_model(directory, scan="associative").config.scan == "associative"
 
 
 def test_the_convert_command_writes_the_auto_scan(tmp_path, data_dir):
     directory = tmp_path / "model"
-    assert checkpoint.convert_main([str(data_dir / "official_tiny.pth"), str(directory)]) == 0
-    assert json.loads((directory / checkpoint.CONFIG_FILE).read_text())["model"]["scan"] == "auto"
+    assert convert_cli.main([str(data_dir / "official_tiny.pth"), str(directory)]) == 0
+    assert json.loads((directory / model_dirs.CONFIG_FILE).read_text())["model"]["scan"] == "auto"
 
 
 def test_training_workdirs_load_with_the_auto_scan_whatever_they_trained_with(tmp_path):
     config = tiny.get_config()
     with config.unlocked():
         config.model.scan = "chunked"
-    state = train_lib.create_train_state(config, train_lib.create_model(config))
-    latest, best = train_lib._checkpoint_managers(str(tmp_path), keep=1)
-    latest.save(1, args=train_lib._save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
+    state = recipe.create_train_state(config, recipe.create_model(config))
+    latest, best = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
+    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
     latest.close(), best.close()
-    assert checkpoint.load_model(tmp_path).config.scan == "auto"
-    assert checkpoint.load_model(tmp_path, scan="chunked").config.scan == "chunked"
+    assert loader.load_model(tmp_path).config.scan == "auto"
+    assert loader.load_model(tmp_path, scan="chunked").config.scan == "chunked"

@@ -17,10 +17,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from sasmamba_jax.configs import common  # noqa: E402
 
-from configs import common  # noqa: E402
-from sasmamba_jax import checkpoint, eval_lib, inference, sharding, targets  # noqa: E402
-from sasmamba_jax.model import SasMamba, SasMambaConfig  # noqa: E402
+from sasmamba_jax import targets  # noqa: E402
+from sasmamba_jax.io import model_dirs
+from sasmamba_jax.lifting import sequences
+from sasmamba_jax.model import forward, precision
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig  # noqa: E402
+from sasmamba_jax.parallel import sharding
 
 # Small enough to compile for a TPU in seconds; "auto" picks the Pallas scan there.
 MODEL = SasMambaConfig(num_frames=9, dim=16, depth=1, scan="auto")
@@ -30,7 +34,7 @@ MATMUL = re.compile(r"= f32\[[^\]]*\]\{[^}]*\} (dot|convolution)\(")
 
 
 def _v5e_forward_hlo(precision: str) -> str:
-    """The eval forward (``eval_lib._predict_batch``, batch 1) compiled for one v5e chip, as HLO text."""
+    """The eval forward (``forward._predict_batch``, batch 1) compiled for one v5e chip, as HLO text."""
     devices = targets.tpu_devices("v5e:1x1")
     mesh = sharding.default_mesh(devices)
     model = nnx.eval_shape(lambda: SasMamba(MODEL, rngs=nnx.Rngs(0)))
@@ -42,8 +46,8 @@ def _v5e_forward_hlo(precision: str) -> str:
     )
     x = jax.ShapeDtypeStruct((1, MODEL.num_frames, 17, 2), np.float32, sharding=sharding.batch_sharding(mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
-    with targets.persistent_cache_for(devices), jax.set_mesh(mesh), eval_lib.use_matmul_precision(precision):
-        return eval_lib._predict_batch.lower(graphdef, params, x, None, replicated).compile().as_text()
+    with targets.persistent_cache_for(devices), jax.set_mesh(mesh), precision.use_matmul_precision(precision):
+        return forward._predict_batch.lower(graphdef, params, x, None, replicated).compile().as_text()
 
 
 def _float32_matmuls(hlo: str) -> list[str]:
@@ -73,12 +77,12 @@ def test_on_tpu_highest_makes_every_float32_matmul_full_precision(v5e_matmuls):
 
 def test_the_configs_keep_the_platform_default():
     assert common.base_config().matmul_precision == "default"
-    assert "default" in eval_lib.MATMUL_PRECISIONS and eval_lib.PARITY_MATMUL_PRECISION == "highest"
+    assert "default" in precision.MATMUL_PRECISIONS and precision.PARITY_MATMUL_PRECISION == "highest"
 
 
 def test_an_unknown_precision_is_named():
     with pytest.raises(ValueError, match=r"unknown matmul precision 'fast'; expected one of \('default'"):
-        eval_lib.check_matmul_precision("fast")
+        precision.check_matmul_precision("fast")
 
 
 def test_predict_and_lift_trace_under_the_precision_asked_for_in_every_thread(monkeypatch):
@@ -86,20 +90,20 @@ def test_predict_and_lift_trace_under_the_precision_asked_for_in_every_thread(mo
     rng = np.random.default_rng(0)
     params = jax.tree.map(
         lambda leaf: (0.2 * rng.standard_normal(leaf.shape)).astype(np.float32),
-        checkpoint.abstract_params(MODEL),
+        model_dirs.abstract_params(MODEL),
     )
-    model = checkpoint.build_model(MODEL.with_options(scan="sequential"), params)
+    model = model_dirs.build_model(MODEL.with_options(scan="sequential"), params)
     seen = []
-    forward = eval_lib._predict_batch
+    original = forward._predict_batch
 
     def recording_forward(*args):
         seen.append(jax.config.jax_default_matmul_precision)
-        return forward(*args)
+        return original(*args)
 
-    monkeypatch.setattr(eval_lib, "_predict_batch", recording_forward)
-    inference.predict(model, rng.standard_normal((2, MODEL.num_frames, 17, 2)), matmul_precision="highest")
+    monkeypatch.setattr(forward, "_predict_batch", recording_forward)
+    forward.predict(model, rng.standard_normal((2, MODEL.num_frames, 17, 2)), matmul_precision="highest")
     assert seen == ["highest"]
     seen.clear()
     keypoints = rng.uniform(-0.5, 0.5, (4 * MODEL.num_frames, 17, 2))
-    inference.lift(model, keypoints, threads=2, matmul_precision="high")
+    sequences.lift(model, keypoints, threads=2, matmul_precision="high")
     assert len(seen) > 2 and set(seen) == {"high"}

@@ -1,6 +1,6 @@
 import json
 
-from sasmamba_jax.metric_writers import METRICS_FILE, TENSORBOARD_DIR, MetricWriter
+from sasmamba_jax.train.metric_writers import METRICS_FILE, TENSORBOARD_DIR, MetricWriter
 
 
 def _rows(workdir):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sasmamba_jax import losses, metrics
+from sasmamba_jax.evaluate import metrics
+from sasmamba_jax.train import losses
 
 TRAINSTEP_FILE = pathlib.Path(__file__).parent / "data" / "official_tiny_trainstep.npz"
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sasmamba_jax import flops
-from sasmamba_jax.checkpoint import load_model
-from sasmamba_jax.inference import predict
-from sasmamba_jax.model import SasMamba, SasMambaConfig, drop_path
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.model import flops
+from sasmamba_jax.model.forward import predict
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, drop_path
 from sasmamba_jax.ops import selective_scan, stride_merge, stride_scan
 
 pytest.importorskip("torch")

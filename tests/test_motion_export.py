@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sasmamba_jax import motion_export, skeleton
+from sasmamba_jax import skeleton
+from sasmamba_jax.lifting import motion_export
 
 _DEMO = Path(__file__).resolve().parents[1] / "data" / "cmu_demo" / "h36m_cmu_s01.pkl"
 MAX_ANGLE_DEGREES = 2.0

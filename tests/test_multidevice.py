@@ -26,9 +26,15 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import checkpoint, convert, eval_lib, export, infer, inference, sharding, train_lib
+from sasmamba_jax.cli import export as export_cli
+from sasmamba_jax.cli import infer
+from sasmamba_jax.evaluate import tasks
+from sasmamba_jax.io import loader, model_dirs, pytorch, serving
+from sasmamba_jax.lifting import sequences
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import checkpoints, loop, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 4
@@ -80,7 +86,7 @@ def _run_entry_points(workdir, keypoints_path, output_dir, num_devices):
     return {
         "p1": p1,
         "poses": np.load(os.path.join(output_dir, "infer.npz"))["poses_3d"],
-        "exported": inference.load_exported(os.path.join(output_dir, "forward.jax")),
+        "exported": serving.load_exported(os.path.join(output_dir, "forward.jax")),
         **devices,
     }
 
@@ -89,16 +95,16 @@ def _entry_points_main(workdir, keypoints_path, output_dir):
     """The child: the three command lines as a user types them, one after another."""
     # What load_model does with every device and each kind of checkpoint: every
     # parameter on all of them.
-    model = checkpoint.load_model(workdir)
+    model = loader.load_model(workdir)
     model_dir = os.path.join(output_dir, "model")
-    checkpoint.save_model(model, model_dir)
+    model_dirs.save_model(model, model_dir)
     kinds = {"workdir": workdir, "model_dir": model_dir}
     if importlib.util.find_spec("torch") is not None:
         kinds["pth"] = os.path.join(output_dir, "model.pth")
-        convert.write_pytorch_checkpoint(checkpoint.export_pytorch_state_dict(model), kinds["pth"])
+        pytorch.write_pytorch_checkpoint(model_dirs.export_pytorch_state_dict(model), kinds["pth"])
 
     def devices_per_parameter(path):
-        params = jax.tree.leaves(checkpoint.params_of(checkpoint.load_model(path)))
+        params = jax.tree.leaves(model_dirs.params_of(loader.load_model(path)))
         return sorted({len(param.sharding.device_set) for param in params})
 
     param_devices = {kind: devices_per_parameter(path) for kind, path in kinds.items()}
@@ -120,7 +126,7 @@ def _entry_points_main(workdir, keypoints_path, output_dir):
     if infer.main(["--checkpoint", workdir, "--input", keypoints_path, "--output", lifted]) != 0:
         sys.exit("infer failed")
     forward = os.path.join(output_dir, "forward.jax")
-    if export.main([forward, "--checkpoint", workdir, "--batch", str(EXPORT_BATCH), "--flip-tta"]) != 0:
+    if export_cli.main([forward, "--checkpoint", workdir, "--batch", str(EXPORT_BATCH), "--flip-tta"]) != 0:
         sys.exit("export failed")
 
 
@@ -138,11 +144,11 @@ def _one_device_results(workdir, keypoints_path):
     config = _small_config()
     config.eval.batch_size = BATCH
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    model = checkpoint.load_model(workdir, mesh=mesh)
-    task = eval_lib.load_task(config.data, model.config.num_frames, config.seed)
+    model = loader.load_model(workdir, mesh=mesh)
+    task = tasks.load_task(config.data, model.config.num_frames, config.seed)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
-    p1 = eval_lib.evaluate_model(graphdef, params, task, config.eval, mesh, model.config.in_chans)["p1"]
-    poses = inference.lift(model, np.load(keypoints_path), batch_size=BATCH)
+    p1 = tasks.evaluate_model(graphdef, params, task, config.eval, mesh, model.config.in_chans)["p1"]
+    poses = sequences.lift(model, np.load(keypoints_path), batch_size=BATCH)
     return {"p1": p1, "poses": poses, "model": model}
 
 
@@ -155,7 +161,7 @@ def _assert_same_results(ours, single, keypoints_path):
     frames = single["model"].config.num_frames
     windows = np.stack([np.load(keypoints_path)[:frames], np.load(keypoints_path)[-frames:]])
     assert windows.shape[0] == EXPORT_BATCH
-    expected = inference.lift_sequences(single["model"], list(windows), stride=frames, batch_size=BATCH)
+    expected = sequences.lift_sequences(single["model"], list(windows), stride=frames, batch_size=BATCH)
     np.testing.assert_allclose(ours["exported"](windows), np.stack(expected), rtol=0, atol=POSES_ATOL)
 
 
@@ -168,14 +174,14 @@ def random_workdir(tmp_path_factory):
     """A train.py workdir holding one checkpoint of random parameters (nothing compiled)."""
     workdir = tmp_path_factory.mktemp("random")
     config = _small_config()
-    abstract = jax.eval_shape(lambda: train_lib.create_train_state(config, train_lib.create_model(config)))
+    abstract = jax.eval_shape(lambda: recipe.create_train_state(config, recipe.create_model(config)))
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype), abstract.params)
     state = abstract.with_arrays(
         {**jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()), "params": params}
     )
-    latest, best = train_lib._checkpoint_managers(str(workdir), keep=1)
-    latest.save(1, args=train_lib._save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
+    latest, best = checkpoints.checkpoint_managers(str(workdir), keep=1)
+    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
     latest.close(), best.close()
     return str(workdir)
 
@@ -195,7 +201,7 @@ def test_eval_infer_and_export_on_4_devices_match_1_device(random_workdir, keypo
 def _train(workdir, num_devices):
     command = [sys.executable, "train.py", *CONFIG_FLAGS, f"--config.max_steps={TRAIN_STEPS}"]
     _run([*command, f"--workdir={workdir}"], num_devices)
-    with open(os.path.join(workdir, train_lib.RESULTS_FILE)) as f:
+    with open(os.path.join(workdir, loop.RESULTS_FILE)) as f:
         return json.load(f)
 
 

@@ -20,9 +20,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import checkpoint, train_lib
+from sasmamba_jax.io import workdirs
+from sasmamba_jax.train import checkpoints, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 1800
@@ -133,7 +134,7 @@ STEPS = 6
 
 
 def _manager(workdir, name):
-    return ocp.CheckpointManager(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, name))
+    return ocp.CheckpointManager(os.path.join(workdir, workdirs.CHECKPOINT_DIR, name))
 
 
 def _restore_arrays(manager, step):
@@ -143,8 +144,8 @@ def _restore_arrays(manager, step):
     runs' ones, which this process cannot see.
     """
     config = tiny.get_config()
-    template = train_lib.create_train_state(config, train_lib.create_model(config))
-    state, loader = train_lib._restore(manager, step, template)
+    template = recipe.create_train_state(config, recipe.create_model(config))
+    state, loader = checkpoints.restore(manager, step, template)
     return jax.device_get(state.arrays()), loader
 
 
@@ -173,7 +174,7 @@ def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps
 
     names = [name for _, dirs, files in os.walk(pair_dir) for name in dirs + files]
     assert [name for name in names if "tmp" in name] == []
-    latest, best = _manager(pair_dir, checkpoint.LATEST), _manager(pair_dir, checkpoint.BEST)
+    latest, best = _manager(pair_dir, workdirs.LATEST), _manager(pair_dir, workdirs.BEST)
     assert latest.all_steps() == list(range(STEPS - 2, STEPS + 1))
     assert len(best.all_steps()) == 1
     for manager in (latest, best):
@@ -185,9 +186,9 @@ def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps
         saved_by_best = _leaves(_restore_arrays(best, best_step)[0])
         saved_by_latest = _leaves(_restore_arrays(latest, best_step)[0])
         assert all(map(np.array_equal, saved_by_best, saved_by_latest))
-    pair = _param_leaves(checkpoint.load_model(pair_dir))
-    single = _param_leaves(checkpoint.load_model(single_dir))
-    initial = _param_leaves(train_lib.create_model(tiny.get_config()))
+    pair = _param_leaves(loader.load_model(pair_dir))
+    single = _param_leaves(loader.load_model(single_dir))
+    initial = _param_leaves(recipe.create_model(tiny.get_config()))
     assert len(pair) == len(single) == len(initial) > 0
     # Both runs trained: the parameters left their (shared) initial values.
     assert _max_difference(pair, initial) > 1e-4
@@ -243,7 +244,7 @@ def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_
     # Only the second process is told, as when the scheduler preempts one host.
     processes[1].send_signal(signal.SIGTERM)
     outputs = _wait_all(processes)
-    latest = _manager(preempted_dir, checkpoint.LATEST)
+    latest = _manager(preempted_dir, workdirs.LATEST)
     assert len(latest.all_steps()) == 1
     saved = latest.all_steps()[0]
     assert STEPS_BEFORE_SIGTERM <= saved < STEPS
@@ -259,8 +260,8 @@ def test_sigterm_to_one_process_saves_every_process_and_resumes_bit_exactly(tmp_
     assert not cache.exists() or not any(cache.iterdir())
 
     reference_dir, _ = every_step_runs
-    ours, our_loader = _restore_arrays(_manager(preempted_dir, checkpoint.LATEST), final)
-    theirs, their_loader = _restore_arrays(_manager(reference_dir, checkpoint.LATEST), final)
+    ours, our_loader = _restore_arrays(_manager(preempted_dir, workdirs.LATEST), final)
+    theirs, their_loader = _restore_arrays(_manager(reference_dir, workdirs.LATEST), final)
     assert our_loader == their_loader
     assert int(ours["step"]) == final
     ours, theirs = jax.tree_util.tree_leaves_with_path(ours), jax.tree_util.tree_leaves_with_path(theirs)

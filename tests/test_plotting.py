@@ -7,7 +7,9 @@ import pytest
 from matplotlib import animation
 from PIL import Image
 
-from sasmamba_jax import plotting, skeleton
+from sasmamba_jax import skeleton
+from sasmamba_jax.lifting import pictures
+from sasmamba_jax.train import curves
 
 _IMAGE_SIZE = (1000, 1000)
 _DPI = 40
@@ -80,7 +82,7 @@ def _gid_points(axes, gid):
 
 def test_save_frame_writes_png_with_both_sides_and_ground_truth(tmp_path):
     keypoints_2d, poses_3d = walking_sequence(4)
-    path = plotting.save_frame(
+    path = pictures.save_frame(
         tmp_path / "frame.png",
         keypoints_2d,
         poses_3d,
@@ -104,7 +106,7 @@ def test_3d_box_is_fixed_over_the_sequence_and_holds_every_point():
     ground_truth = poses_3d * 1.3 + np.array([200.0, 0.0, 0.0])
     limits, every_point = [], []
     for frame in range(len(poses_3d)):
-        axes = _axes_3d(plotting.plot_frame(keypoints_2d, poses_3d, frame, ground_truth_3d=ground_truth))
+        axes = _axes_3d(pictures.plot_frame(keypoints_2d, poses_3d, frame, ground_truth_3d=ground_truth))
         limits.append([axes.get_xlim3d(), axes.get_ylim3d(), axes.get_zlim3d()])
         every_point.append(_gid_points(axes, "prediction_joints"))
         every_point.append(_gid_points(axes, "ground_truth_joints"))
@@ -118,7 +120,7 @@ def test_3d_box_is_fixed_over_the_sequence_and_holds_every_point():
 
 def test_3d_panel_shows_camera_y_down_as_up():
     keypoints_2d, poses_3d = walking_sequence(3)
-    axes = _axes_3d(plotting.plot_frame(keypoints_2d, poses_3d, 0))
+    axes = _axes_3d(pictures.plot_frame(keypoints_2d, poses_3d, 0))
     shown = _gid_points(axes, "prediction_joints")
     # Written from the convention, not the module: display = (x, z, -y).
     expected = np.stack([poses_3d[0, :, 0], poses_3d[0, :, 2], -poses_3d[0, :, 1]], axis=-1)
@@ -129,21 +131,21 @@ def test_3d_panel_shows_camera_y_down_as_up():
 
 def test_2d_panel_shows_the_image_with_y_down():
     keypoints_2d, poses_3d = walking_sequence(3)
-    axes = plotting.plot_frame(keypoints_2d, poses_3d, 2, image_size=(1200, 900)).axes[0]
+    axes = pictures.plot_frame(keypoints_2d, poses_3d, 2, image_size=(1200, 900)).axes[0]
     assert axes.get_xlim() == (0.0, 1200.0)
     assert axes.get_ylim() == (900.0, 0.0)
     # Ankles below the bottom of a 480-pixel image widen the panel to keep them in view.
-    axes = plotting.plot_frame(keypoints_2d, poses_3d, 2, image_size=(640, 480)).axes[0]
+    axes = pictures.plot_frame(keypoints_2d, poses_3d, 2, image_size=(640, 480)).axes[0]
     assert axes.get_xlim() == (0.0, 640.0)
     assert axes.get_ylim() == (keypoints_2d[..., 1].max(), 0.0)
-    normalised = plotting.plot_frame(keypoints_2d / 500.0 - 1.0, poses_3d, 2).axes[0]
+    normalised = pictures.plot_frame(keypoints_2d / 500.0 - 1.0, poses_3d, 2).axes[0]
     low, high = normalised.get_ylim()
     assert low > high
 
 
 def test_gif_has_one_frame_per_pose_and_max_frames_caps_it(tmp_path):
     keypoints_2d, poses_3d = walking_sequence(5)
-    path = plotting.save_animation(
+    path = pictures.save_animation(
         tmp_path / "all.gif", keypoints_2d, poses_3d, image_size=_IMAGE_SIZE, fps=10, dpi=_DPI
     )
     assert path == str(tmp_path / "all.gif")
@@ -153,7 +155,7 @@ def test_gif_has_one_frame_per_pose_and_max_frames_caps_it(tmp_path):
         gif.seek(3)
         frame = np.asarray(gif.convert("RGB"), dtype=np.int32)
     assert (frame.std(axis=(0, 1)) > 10).all()
-    capped = plotting.save_animation(
+    capped = pictures.save_animation(
         tmp_path / "capped.gif", keypoints_2d, poses_3d, ground_truth_3d=poses_3d, max_frames=3, dpi=_DPI
     )
     with Image.open(capped) as gif:
@@ -164,14 +166,14 @@ def test_mp4_without_ffmpeg_raises_instead_of_falling_back(tmp_path, monkeypatch
     keypoints_2d, poses_3d = walking_sequence(2)
     monkeypatch.setattr(animation.writers, "is_available", lambda name: False)
     with pytest.raises(RuntimeError, match="ffmpeg"):
-        plotting.save_animation(tmp_path / "clip.mp4", keypoints_2d, poses_3d)
+        pictures.save_animation(tmp_path / "clip.mp4", keypoints_2d, poses_3d)
     assert not (tmp_path / "clip.mp4").exists()
 
 
 @pytest.mark.skipif(not animation.writers.is_available("ffmpeg"), reason="ffmpeg not installed")
 def test_mp4_with_ffmpeg(tmp_path):
     keypoints_2d, poses_3d = walking_sequence(3)
-    path = plotting.save_animation(tmp_path / "clip.mp4", keypoints_2d, poses_3d, dpi=_DPI)
+    path = pictures.save_animation(tmp_path / "clip.mp4", keypoints_2d, poses_3d, dpi=_DPI)
     with open(path, "rb") as movie:
         assert movie.read(12)[4:8] == b"ftyp"
 
@@ -198,13 +200,13 @@ _GOOD_2D, _GOOD_3D = walking_sequence(4)
 )
 def test_bad_inputs_raise(keypoints_2d, poses_3d, extra, message):
     with pytest.raises(ValueError, match=message):
-        plotting.plot_frame(keypoints_2d, poses_3d, 0, **extra)
+        pictures.plot_frame(keypoints_2d, poses_3d, 0, **extra)
 
 
 @pytest.mark.parametrize("frame", [-1, 4, 1.0])
 def test_bad_frame_raises(frame):
     with pytest.raises(ValueError, match="frame"):
-        plotting.plot_frame(_GOOD_2D, _GOOD_3D, frame)
+        pictures.plot_frame(_GOOD_2D, _GOOD_3D, frame)
 
 
 @pytest.mark.parametrize(
@@ -217,7 +219,7 @@ def test_bad_frame_raises(frame):
 )
 def test_bad_animation_arguments_raise(tmp_path, name, extra, message):
     with pytest.raises(ValueError, match=message):
-        plotting.save_animation(tmp_path / name, _GOOD_2D, _GOOD_3D, **extra)
+        pictures.save_animation(tmp_path / name, _GOOD_2D, _GOOD_3D, **extra)
 
 
 def _write_jsonl(path, rows):
@@ -229,7 +231,7 @@ def test_training_curves_plot_present_keys(tmp_path):
     rows = [{"step": step, "train/loss": 1.0 / (step + 1), "lr": 5e-4} for step in range(0, 50, 5)]
     rows += [{"step": 25, "eval/p1": 60.0, "eval/p2": 45.0}, {"step": 50, "eval/p1": 50.0, "eval/p2": 40.0}]
     metrics = _write_jsonl(tmp_path / "metrics.jsonl", rows)
-    out = plotting.plot_training_curves(metrics, tmp_path / "curves.png", dpi=_DPI)
+    out = curves.plot_training_curves(metrics, tmp_path / "curves.png", dpi=_DPI)
     with Image.open(out) as image:
         assert image.format == "PNG"
         assert image.size == (280, 240)  # two panels of 7 x 3 inches at 40 dpi
@@ -240,7 +242,7 @@ def test_training_curves_without_eval_rows_draw_one_panel(tmp_path):
     metrics = _write_jsonl(
         tmp_path / "metrics.jsonl", [{"step": 1, "train/loss": 0.5}, {"step": 2, "train/loss": -0.1}]
     )
-    out = plotting.plot_training_curves(metrics, tmp_path / "curves.png", dpi=_DPI)
+    out = curves.plot_training_curves(metrics, tmp_path / "curves.png", dpi=_DPI)
     with Image.open(out) as image:
         assert image.size == (280, 120)
 
@@ -258,14 +260,14 @@ def test_training_curves_without_usable_rows_raise(tmp_path, lines):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(lines))
     with pytest.raises(ValueError, match="no row"):
-        plotting.plot_training_curves(metrics, tmp_path / "curves.png")
+        curves.plot_training_curves(metrics, tmp_path / "curves.png")
 
 
 def test_training_curves_reject_broken_json(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1, "train/loss": 0.5}\n{"step": 2,\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
-        plotting.plot_training_curves(metrics, tmp_path / "curves.png")
+        curves.plot_training_curves(metrics, tmp_path / "curves.png")
 
 
 def _two_people(num_frames=5):
@@ -280,7 +282,7 @@ def _two_people(num_frames=5):
 
 def test_several_people_stand_at_their_2d_roots():
     people_2d, people_3d = _two_people()
-    axes = _axes_3d(plotting.plot_frame(people_2d, people_3d, 3, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
+    axes = _axes_3d(pictures.plot_frame(people_2d, people_3d, 3, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
     for row, person_id in enumerate((3, 7)):
         shown = _gid_points(axes, f"prediction_joints_{person_id}")
         # Written from the convention: the root-relative pose moved to the 2D root measured from the
@@ -294,23 +296,23 @@ def test_several_people_stand_at_their_2d_roots():
 
 def test_an_absent_person_is_not_drawn():
     people_2d, people_3d = _two_people()
-    axes = _axes_3d(plotting.plot_frame(people_2d, people_3d, 1, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
+    axes = _axes_3d(pictures.plot_frame(people_2d, people_3d, 1, image_size=_IMAGE_SIZE, person_ids=[3, 7]))
     assert np.isnan(_gid_points(axes, "prediction_joints_7")).all()
     assert np.isfinite(_gid_points(axes, "prediction_joints_3")).all()
 
 
 def test_several_people_animation_and_input_checks(tmp_path):
     people_2d, people_3d = _two_people()
-    path = plotting.save_animation(
+    path = pictures.save_animation(
         tmp_path / "two.gif", people_2d, people_3d, image_size=_IMAGE_SIZE, person_ids=[3, 7], dpi=_DPI
     )
     with Image.open(path) as image:
         assert image.n_frames == 5
     with pytest.raises(ValueError, match="several people need person_ids"):
-        plotting.plot_frame(people_2d, people_3d, 0)
+        pictures.plot_frame(people_2d, people_3d, 0)
     broken = people_3d.copy()
     broken[0, 3, 4, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite values outside whole absent frames"):
-        plotting.plot_frame(people_2d, broken, 0, person_ids=[3, 7])
+        pictures.plot_frame(people_2d, broken, 0, person_ids=[3, 7])
     with pytest.raises(ValueError, match="person_ids go with several people"):
-        plotting.plot_frame(people_2d[0], people_3d[0], 0, person_ids=[3])
+        pictures.plot_frame(people_2d[0], people_3d[0], 0, person_ids=[3])

@@ -12,8 +12,8 @@ import pickle
 
 import numpy as np
 import pytest
+from sasmamba_jax.configs import demo
 
-from configs import demo
 from sasmamba_jax.data import h36m, mpi3dhp, safe_pickle
 
 # What every content of the formats we read may be made of.

@@ -15,10 +15,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from sasmamba_jax.configs import common, tiny
 
-from configs import common, tiny
-from sasmamba_jax import eval_lib, sharding, train_lib
 from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
+from sasmamba_jax.evaluate import tasks
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import checkpoints, recipe
 
 # Trains four meshes in a subprocess: minutes, so with the slow checks.
 pytestmark = pytest.mark.slow
@@ -71,7 +73,7 @@ def _leaves_with_paths(tree):
 
 def _train_on_mesh(config, model, mesh, batches, record, prefix):
     """A fresh state placed on ``mesh`` as train_and_evaluate places it, then STEPS steps."""
-    state = train_lib.create_train_state(config, model, steps_per_epoch=100)
+    state = recipe.create_train_state(config, model, steps_per_epoch=100)
     shardings = sharding.tree_shardings(mesh, state.arrays())
     host_arrays = jax.device_get(state.arrays())
     state = state.with_arrays(sharding.put_replicated_host_tree(host_arrays, shardings))
@@ -80,8 +82,8 @@ def _train_on_mesh(config, model, mesh, batches, record, prefix):
         # A copy: a zero-copy view would keep the buffer alive and stop its donation.
         record[f"{prefix}/initial/{name}"] = np.array(leaf)
     first_batch = make_global_batch(batches[0], sharding.batch_sharding(mesh))
-    _, grads = jax.jit(train_lib.loss_and_grads, static_argnums=0)(
-        state.graphdef, state.params, first_batch, train_lib.dropout_key(state)
+    _, grads = jax.jit(recipe.loss_and_grads, static_argnums=0)(
+        state.graphdef, state.params, first_batch, recipe.dropout_key(state)
     )
     for name, leaf in _leaves_with_paths(grads):
         record[f"{prefix}/grads/{name}"] = np.array(leaf)
@@ -89,7 +91,7 @@ def _train_on_mesh(config, model, mesh, batches, record, prefix):
     for batch in batches:
         previous = state
         global_batch = make_global_batch(batch, sharding.batch_sharding(mesh))
-        state, metrics = train_lib.train_step(state, global_batch)
+        state, metrics = recipe.train_step(state, global_batch)
         losses.append(float(metrics["loss"]))
         now = [leaf.sharding for _, leaf in _leaves_with_paths(state.arrays())]
         kept_shardings &= all(a == b for a, b in zip(now, placed))
@@ -107,14 +109,14 @@ def _train_on_mesh(config, model, mesh, batches, record, prefix):
 def _orbax_round_trip(state, loader_state, workdir, record):
     """Saves a sharded state as train_and_evaluate does, then restores it into a zeroed
     state with the same shardings."""
-    latest, _ = train_lib._checkpoint_managers(workdir, keep=1)
+    latest, _ = checkpoints.checkpoint_managers(workdir, keep=1)
     step = int(state.step)
-    latest.save(step, args=train_lib._save_args(state, loader_state, _config()))
+    latest.save(step, args=checkpoints.save_args(state, loader_state, _config()))
     latest.wait_until_finished()
     shardings = jax.tree.map(lambda leaf: leaf.sharding, state.arrays())
     zeros = jax.tree.map(np.zeros_like, jax.device_get(state.arrays()))
     template = state.with_arrays(sharding.put_replicated_host_tree(zeros, shardings))
-    restored, restored_loader_state = train_lib._restore(latest, step, template)
+    restored, restored_loader_state = checkpoints.restore(latest, step, template)
     pairs = list(zip(_leaves_with_paths(state.arrays()), _leaves_with_paths(restored.arrays())))
     record["orbax/same_paths"] = np.asarray(all(a[0] == b[0] for a, b in pairs))
     record["orbax/bit_identical"] = np.asarray(
@@ -129,7 +131,7 @@ def _orbax_round_trip(state, loader_state, workdir, record):
 def _child_main(output_path):
     assert jax.device_count() == NUM_DEVICES, jax.devices()
     config = _config()
-    task = eval_lib.load_task(config.data, config.model.num_frames, config.seed)
+    task = tasks.load_task(config.data, config.model.num_frames, config.seed)
     loader = ClipLoader(
         task.data.train_inputs,
         task.data.train_targets,
@@ -141,7 +143,7 @@ def _child_main(output_path):
     for name, (data, fsdp, remat) in MESHES.items():
         # The same seed: every run starts from the same parameters.
         run_config = _config(remat)
-        model = train_lib.create_model(run_config)
+        model = recipe.create_model(run_config)
         devices = jax.devices()[: data * fsdp]
         mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp)), devices)
         # As train_and_evaluate runs it: ops that split themselves over the

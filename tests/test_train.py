@@ -22,11 +22,13 @@ import orbax.checkpoint as ocp
 import pytest
 from compile_counting import count_compilations
 from flax import nnx
+from sasmamba_jax.configs import tiny
 
-from configs import tiny
-from sasmamba_jax import checkpoint, convert, sharding, train_lib
 from sasmamba_jax.data.pipeline import ClipLoader
-from sasmamba_jax.inference import predict
+from sasmamba_jax.io import loader, pytorch, workdirs
+from sasmamba_jax.model.forward import predict
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import checkpoints, loop, recipe
 
 pytest.importorskip("torch")
 
@@ -82,7 +84,7 @@ def release_config(release):
 
 def _release_model(data_dir, stride_grad):
     # "auto": the scan back end that also compiles fastest on CPU (any back end matches).
-    return checkpoint.load_model(
+    return loader.load_model(
         data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad=stride_grad, scan="auto"
     )
 
@@ -101,7 +103,7 @@ def _release_names(params, release):
     """A parameter tree (nnx.State or pure dict) as the release's state_dict."""
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
-    return convert.params_to_state_dict(jax.device_get(params), release["config"]["model"]["depth"])
+    return pytorch.params_to_state_dict(jax.device_get(params), release["config"]["model"]["depth"])
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +113,13 @@ def release_run(data_dir, release, release_config):
     Returns the final state, the host copies of the state before each step, each
     step's metrics and the eval-mode predictions before each step.
     """
-    state = train_lib.create_train_state(release_config, _release_model(data_dir, "release"))
+    state = recipe.create_train_state(release_config, _release_model(data_dir, "release"))
     before, metrics, predictions = [], [], []
     for step in range(RELEASE_STEPS):
-        model = train_lib.model_from_state(state)
+        model = recipe.model_from_state(state)
         predictions.append(np.asarray(predict(model, release[f"x{step}"])))
         before.append(_host_copy(state.arrays()))
-        state, step_metrics = train_lib.train_step(state, _release_batch(release, step))
+        state, step_metrics = recipe.train_step(state, _release_batch(release, step))
         metrics.append(jax.device_get(step_metrics))
     return {"state": state, "before": before, "metrics": metrics, "predictions": predictions}
 
@@ -142,12 +144,12 @@ def test_losses_and_their_terms_match_the_release(release, release_run):
 @pytest.mark.slow
 def test_model_with_pallas_scan_takes_the_release_training_steps(data_dir, release, release_config):
     """The release's three recorded AdamW steps, with every scan of the model fused."""
-    model = checkpoint.load_model(
+    model = loader.load_model(
         data_dir / "official_tiny.pth", drop_path_rate=0.0, stride_grad="release", scan="pallas"
     )
-    state = train_lib.create_train_state(release_config, model)
+    state = recipe.create_train_state(release_config, model)
     for step in range(RELEASE_STEPS):
-        state, metrics = train_lib.train_step(state, _release_batch(release, step))
+        state, metrics = recipe.train_step(state, _release_batch(release, step))
         np.testing.assert_allclose(metrics["loss"], release["loss"][step], rtol=LOSS_RTOL)
 
     # As in test_parameters_after_three_steps_match_the_release: where AdamW's
@@ -168,9 +170,9 @@ def test_predictions_match_the_release(release, release_run):
 
 
 def _step0_gradients(data_dir, release, release_config, stride_grad):
-    state = train_lib.create_train_state(release_config, _release_model(data_dir, stride_grad))
-    (loss, _), grads = jax.jit(train_lib.loss_and_grads, static_argnums=0)(
-        state.graphdef, state.params, _release_batch(release, 0), train_lib.dropout_key(state)
+    state = recipe.create_train_state(release_config, _release_model(data_dir, stride_grad))
+    (loss, _), grads = jax.jit(recipe.loss_and_grads, static_argnums=0)(
+        state.graphdef, state.params, _release_batch(release, 0), recipe.dropout_key(state)
     )
     return float(loss), _release_names(grads, release)
 
@@ -191,9 +193,9 @@ def test_step0_gradients_match_the_release(release, release_gradients):
 @pytest.mark.parametrize("num_microbatches", [2, 4])
 def test_microbatched_gradients_match_the_release(data_dir, release, release_config, num_microbatches):
     """Accumulating over microbatches gives the whole batch's loss and gradient."""
-    state = train_lib.create_train_state(release_config, _release_model(data_dir, "release"))
+    state = recipe.create_train_state(release_config, _release_model(data_dir, "release"))
     state = state.replace(num_microbatches=num_microbatches)
-    (loss, _), grads = jax.jit(train_lib.accumulated_loss_and_grads)(state, _release_batch(release, 0))
+    (loss, _), grads = jax.jit(recipe.accumulated_loss_and_grads)(state, _release_batch(release, 0))
     np.testing.assert_allclose(loss, release["loss"][0], rtol=LOSS_RTOL)
     for name, grad in _release_names(grads, release).items():
         np.testing.assert_allclose(grad, release[f"grad/{name}"], rtol=0, atol=ATOL, err_msg=name)
@@ -201,7 +203,7 @@ def test_microbatched_gradients_match_the_release(data_dir, release, release_con
 
 def test_split_microbatches_deals_rows_round_robin():
     batch = {"input_2d": np.arange(6)[:, None] * np.ones((6, 3))}
-    split = train_lib.split_microbatches(batch, 3)["input_2d"]
+    split = recipe.split_microbatches(batch, 3)["input_2d"]
     assert split.shape == (3, 2, 3)
     np.testing.assert_array_equal(split[:, :, 0], [[0, 3], [1, 4], [2, 5]])
 
@@ -211,7 +213,7 @@ def test_num_microbatches_must_divide_the_batch(release_config):
     with config.unlocked():
         config.num_microbatches = 3
     with pytest.raises(ValueError, match="num_microbatches .3. must be positive and divide batch_size .4."):
-        train_lib.create_train_state(config, train_lib.create_model(config))
+        recipe.create_train_state(config, recipe.create_model(config))
 
 
 def test_exact_stride_backward_differs(data_dir, release, release_config, release_gradients):
@@ -265,14 +267,14 @@ def test_train_state_round_trips_through_orbax(tmp_path, release, release_run, r
     # The restore target: same structure and shardings, other values (step 3).
     template = placed(_host_copy(final.arrays()))
     loader_state = dict(epoch=2, step_in_epoch=5, seed=0, num_samples=9, global_batch_size=4)
-    latest, _ = train_lib._checkpoint_managers(str(tmp_path), keep=1)
-    latest.save(1, args=train_lib._save_args(saved, loader_state, release_config))
+    latest, _ = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
+    latest.save(1, args=checkpoints.save_args(saved, loader_state, release_config))
     latest.wait_until_finished()
 
     # A new manager, as a resumed run has, restoring into a state at another step.
-    fresh_manager, _ = train_lib._checkpoint_managers(str(tmp_path), keep=1)
+    fresh_manager, _ = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
     assert fresh_manager.latest_step() == 1
-    restored, restored_loader = train_lib._restore(fresh_manager, 1, template)
+    restored, restored_loader = checkpoints.restore(fresh_manager, 1, template)
     assert restored_loader == loader_state
     assert int(restored.step) == 1 and int(template.step) == RELEASE_STEPS
     expected = jax.tree_util.tree_leaves_with_path(after_step1)
@@ -283,7 +285,7 @@ def test_train_state_round_trips_through_orbax(tmp_path, release, release_run, r
         assert got.dtype == want.dtype and np.array_equal(np.asarray(got), want), path
         assert got.sharding == wanted_sharding, path
 
-    model = train_lib.model_from_state(restored)
+    model = recipe.model_from_state(restored)
     assert model.deterministic
     model_params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(np.array_equal(a, b) for a, b in zip(model_params, jax.tree.leaves(restored.params)))
@@ -299,7 +301,7 @@ def test_model_config_rejects_unknown_model_keys():
     with config.unlocked():
         config.model.drop_path = 0.1
     with pytest.raises(ValueError, match="drop_path"):
-        train_lib.model_config(config)
+        recipe.model_config(config)
 
 
 def test_train_py_rejects_an_unknown_config_key(tmp_path):
@@ -337,7 +339,7 @@ def _loop_config(max_steps=LOOP_STEPS):
 
 
 def _latest_manager(workdir):
-    return ocp.CheckpointManager(os.path.join(workdir, train_lib.CHECKPOINT_DIR, train_lib.LATEST))
+    return ocp.CheckpointManager(os.path.join(workdir, workdirs.CHECKPOINT_DIR, workdirs.LATEST))
 
 
 def _restore_checkpoint(workdir, step):
@@ -362,7 +364,7 @@ def _train_rows(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    results = train_lib.train_and_evaluate(_loop_config(), workdir)
+    results = loop.train_and_evaluate(_loop_config(), workdir)
     return workdir, results
 
 
@@ -383,12 +385,12 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrup
     reference_workdir, reference_results = uninterrupted_run
     workdir = str(tmp_path)
     halfway = LOOP_STEPS // 2
-    first = train_lib.train_and_evaluate(_loop_config(max_steps=halfway), workdir)
+    first = loop.train_and_evaluate(_loop_config(max_steps=halfway), workdir)
     assert first["steps"] == halfway
     assert _latest_manager(workdir).all_steps() == [halfway]
     assert _restore_checkpoint(workdir, halfway)[1]["step_in_epoch"] == halfway
 
-    second = train_lib.train_and_evaluate(_loop_config(), workdir)
+    second = loop.train_and_evaluate(_loop_config(), workdir)
     assert second["steps"] == LOOP_STEPS
     _assert_same_final_checkpoint(workdir, reference_workdir)
     assert second["p1"] == reference_results["p1"]
@@ -407,9 +409,9 @@ def test_a_second_run_of_the_same_config_compiles_nothing(tmp_path):
         # A setting no other test trains with: the first run compiles its own step.
         config.optimizer.weight_decay = 0.0125
     with count_compilations() as first:
-        train_lib.train_and_evaluate(config, str(tmp_path / "first"))
+        loop.train_and_evaluate(config, str(tmp_path / "first"))
     with count_compilations() as second:
-        train_lib.train_and_evaluate(config, str(tmp_path / "second"))
+        loop.train_and_evaluate(config, str(tmp_path / "second"))
     assert first.count("jit(_train_step)") == 1, first
     assert second == [], second
 
@@ -430,17 +432,17 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
 ):
     workdir = str(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(train_lib, "ClipLoader", _PoisonedLoader)
-        with pytest.raises(train_lib.NonFiniteLossError, match=f"at step {POISONED_STEP}\\b"):
-            train_lib.train_and_evaluate(_loop_config(), workdir)
+        patch.setattr(loop, "ClipLoader", _PoisonedLoader)
+        with pytest.raises(loop.NonFiniteLossError, match=f"at step {POISONED_STEP}\\b"):
+            loop.train_and_evaluate(_loop_config(), workdir)
     last_good = LOOP_CHECKPOINT_EVERY
     assert _latest_manager(workdir).all_steps() == [last_good]
-    assert not os.path.exists(os.path.join(workdir, train_lib.RESULTS_FILE))
-    assert _all_finite(checkpoint.load_model_from_workdir(workdir))
+    assert not os.path.exists(os.path.join(workdir, loop.RESULTS_FILE))
+    assert _all_finite(workdirs.load_model_from_workdir(workdir))
 
     # The checkpoint is exactly the state of that step: training on from it with
     # clean data ends where the uninterrupted run ended.
-    train_lib.train_and_evaluate(_loop_config(), workdir)
+    loop.train_and_evaluate(_loop_config(), workdir)
     _assert_same_final_checkpoint(workdir, uninterrupted_run[0])
 
 
@@ -459,15 +461,15 @@ def test_sigterm_saves_the_current_step_and_the_same_call_resumes_bit_exactly(
     workdir = str(tmp_path)
     handler_before = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as patch:
-        patch.setattr(train_lib, "ClipLoader", _SigtermLoader)
-        preempted = train_lib.train_and_evaluate(_loop_config(), workdir)
+        patch.setattr(loop, "ClipLoader", _SigtermLoader)
+        preempted = loop.train_and_evaluate(_loop_config(), workdir)
     assert preempted["preempted"] and preempted["steps"] == SIGTERM_STEP
     assert _latest_manager(workdir).all_steps() == [LOOP_CHECKPOINT_EVERY, SIGTERM_STEP]
     assert _restore_checkpoint(workdir, SIGTERM_STEP)[1]["step_in_epoch"] == SIGTERM_STEP
-    assert not os.path.exists(os.path.join(workdir, train_lib.RESULTS_FILE))
+    assert not os.path.exists(os.path.join(workdir, loop.RESULTS_FILE))
     assert signal.getsignal(signal.SIGTERM) is handler_before
 
-    resumed = train_lib.train_and_evaluate(_loop_config(), workdir)
+    resumed = loop.train_and_evaluate(_loop_config(), workdir)
     assert not resumed["preempted"] and resumed["steps"] == LOOP_STEPS
     _assert_same_final_checkpoint(workdir, uninterrupted_run[0])
 
@@ -528,7 +530,7 @@ def _kill_during_save(process, latest_dir, after_step, delay_s):
 @pytest.mark.slow
 def test_killing_train_py_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
-    latest_dir = os.path.join(workdir, train_lib.CHECKPOINT_DIR, train_lib.LATEST)
+    latest_dir = os.path.join(workdir, workdirs.CHECKPOINT_DIR, workdirs.LATEST)
     command = _kill_run_command(workdir)
     rng = random.Random(0)
     finalized = 0
@@ -549,7 +551,7 @@ def test_killing_train_py_during_a_save_keeps_the_previous_checkpoint(tmp_path):
         assert _latest_manager(workdir).latest_step() == finalized
         state, loader = _restore_checkpoint(workdir, finalized)
         assert int(state["step"]) == finalized and loader["step_in_epoch"] == finalized
-        assert _all_finite(checkpoint.load_model_from_workdir(workdir))
+        assert _all_finite(workdirs.load_model_from_workdir(workdir))
 
     result = subprocess.run(
         command,
@@ -560,7 +562,7 @@ def test_killing_train_py_during_a_save_keeps_the_previous_checkpoint(tmp_path):
         timeout=TRAIN_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(os.path.join(workdir, train_lib.RESULTS_FILE)) as f:
+    with open(os.path.join(workdir, loop.RESULTS_FILE)) as f:
         assert json.load(f)["steps"] == KILL_RUN_STEPS
     assert _finalized_steps(latest_dir)[-1] == KILL_RUN_STEPS
 
@@ -588,7 +590,7 @@ def test_demo_training_beats_the_mean_pose_baseline_within_ten_minutes(tmp_path)
     )
     elapsed = time.time() - started
     assert result.returncode == 0, result.stderr[-3000:]
-    with open(workdir / train_lib.RESULTS_FILE) as f:
+    with open(workdir / loop.RESULTS_FILE) as f:
         results = json.load(f)
     print(f"demo: {elapsed:.0f} s, {json.dumps({k: v for k, v in results.items() if k != 'eval'})}")
     for key in ("p1", "p2", "baseline_p1", "steps", "wall_s"):
@@ -598,4 +600,4 @@ def test_demo_training_beats_the_mean_pose_baseline_within_ten_minutes(tmp_path)
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert rows[-1]["step"] == results["steps"] and any("eval/p1" in row for row in rows)
     assert list((workdir / "tensorboard").glob("events.out.tfevents*"))
-    assert (workdir / train_lib.CURVES_FILE).stat().st_size > 0
+    assert (workdir / loop.CURVES_FILE).stat().st_size > 0

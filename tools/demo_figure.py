@@ -3,7 +3,7 @@
     python tools/demo_figure.py --checkpoint /tmp/demo --output docs/demo_frame.png
 
 Takes one test sequence of the bundled CMU demo set (MotionBERT's Human3.6M
-format), lifts its noisy 2D keypoints with ``sasmamba_jax.inference.lift``
+format), lifts its noisy 2D keypoints with ``sasmamba_jax.lifting.sequences.lift``
 (pixels in, the camera's image size for normalisation), converts the result
 to millimetres with the data set's per-frame 2.5D factor, and saves the 2D
 input beside the predicted and ground-truth 3D skeletons for one frame (PNG)
@@ -15,9 +15,10 @@ import pathlib
 
 import numpy as np
 
-from sasmamba_jax import checkpoint, plotting
 from sasmamba_jax.data import h36m
-from sasmamba_jax.inference import lift
+from sasmamba_jax.io import loader
+from sasmamba_jax.lifting import pictures
+from sasmamba_jax.lifting.sequences import lift
 
 DEMO_PICKLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "cmu_demo" / "h36m_cmu_s01.pkl"
 
@@ -42,7 +43,7 @@ def main(argv=None):
     (width,), (height,) = h36m.camera_resolutions([test["camera_name"][frames[0]]])
     keypoints = np.concatenate([test["joint_2d"][frames], test["confidence"][frames]], axis=-1)
 
-    model = checkpoint.load_model(args.checkpoint)
+    model = loader.load_model(args.checkpoint)
     poses = lift(model, keypoints, image_size=(width, height))
     factors = np.asarray(test["2.5d_factor"])[frames, None, None]
     predicted = (poses - poses[:, :1]) * width / 2 * factors
@@ -53,11 +54,11 @@ def main(argv=None):
 
     common = dict(ground_truth_3d=truth, image_size=(width, height), title=title, length_unit="mm")
     if args.output.endswith(".png"):
-        plotting.save_frame(
+        pictures.save_frame(
             args.output, keypoints[..., :2], predicted, min(args.frame, len(frames) - 1), **common
         )
     else:
-        plotting.save_animation(args.output, keypoints[..., :2], predicted, **common)
+        pictures.save_animation(args.output, keypoints[..., :2], predicted, **common)
     print(f"{title}; wrote {args.output}")
 
 

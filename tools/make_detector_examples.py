@@ -23,7 +23,7 @@ import pickle
 
 import numpy as np
 
-from sasmamba_jax import keypoints
+from sasmamba_jax.lifting import keypoints
 
 DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "cmu_demo", "h36m_cmu_s01.pkl")
 IMAGE_SIZE = (1000, 1002)

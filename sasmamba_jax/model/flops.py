@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sasmamba_jax.model import SasMamba, SasMambaConfig
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
 from sasmamba_jax.ops.stride_scan import NUM_DIRECTIONS
 
 # Per state element and step: h = exp(dt*A) * h + (dt*u) * B is two MACs

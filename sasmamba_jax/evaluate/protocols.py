@@ -15,8 +15,9 @@ All errors are in millimetres.
 
 import numpy as np
 
-from sasmamba_jax import metrics, skeleton
+from sasmamba_jax import skeleton
 from sasmamba_jax.data import mpi3dhp
+from sasmamba_jax.evaluate import metrics
 
 # Test sequences the release leaves out of the Human3.6M evaluation (as
 # MotionBERT does).

@@ -18,9 +18,21 @@ import re
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from sasmamba_jax import targets
+from sasmamba_jax import skeleton, targets
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train.recipe import (
+    TrainState,
+    create_model,
+    create_train_state,
+    memory_settings,
+    model_config,
+    train_step,
+    with_memory_settings,
+)
 
 GiB = 2**30
 # HBM per device as XLA's TPU compiler counts it (its out-of-memory message
@@ -195,3 +207,88 @@ def describe_choice(choice: MemoryChoice, budget_bytes: int) -> str:
         f"{budget_bytes / 1e9:.2f} GB per chip (remat={first[0]}, num_microbatches={first[1]} "
         f"would need {first_peak / 1e9:.2f} GB)"
     )
+
+
+def abstract_train_step_args(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, dict[str, jax.ShapeDtypeStruct]]:
+    """``train_step``'s arguments as ``train_and_evaluate`` places them, as sharded shapes only.
+
+    Nothing is allocated, so ``mesh`` may hold devices this process cannot
+    reach (a TPU topology compiled for from a CPU machine). The learning-rate
+    schedule is the constant one; its per-epoch decay is a few scalar
+    operations, nothing that changes memory.
+
+    Returns:
+        (state, {"input_2d": (B, T, 17, C_in), "target_3d": (B, T, 17, 3)}).
+    """
+    state = jax.eval_shape(lambda: create_train_state(config, create_model(config)))
+    arrays = state.arrays()
+    shardings = sharding.tree_shardings(mesh, arrays)
+    state = state.with_arrays(
+        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), arrays, shardings)
+    )
+    model_cfg = model_config(config)
+    clip = (config.batch_size, model_cfg.num_frames, skeleton.NUM_JOINTS)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {
+        "input_2d": jax.ShapeDtypeStruct((*clip, model_cfg.in_chans), jnp.float32, sharding=batch_sharding),
+        "target_3d": jax.ShapeDtypeStruct((*clip, 3), jnp.float32, sharding=batch_sharding),
+    }
+    return state, batch
+
+
+def train_step_peak_bytes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+    """One chip's peak memory of ``train_step`` for ``config`` on ``mesh``, from compiling it.
+
+    A compile that runs out of the devices' memory gives the requirement its
+    error states plus the arguments (a lower bound: more than fits).
+    """
+    args = abstract_train_step_args(config, mesh)
+    try:
+        # Under the mesh, as train_and_evaluate runs the step: the Pallas scan
+        # splits its kernels over it.
+        with jax.set_mesh(mesh):
+            compiled = train_step.lower(*args).compile()
+        return compiled_peak_bytes(compiled)
+    except jax.errors.JaxRuntimeError as e:
+        needed = required_bytes(e)
+        if needed is None:
+            raise
+        return needed[0] + per_device_bytes(args)
+
+
+def resolve_memory_settings(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    budget_bytes: int | None,
+    peak_bytes=None,
+) -> tuple[ml_collections.ConfigDict, MemoryChoice | None]:
+    """``config`` with unset ``model.remat`` / ``num_microbatches`` (None) chosen to fit one chip.
+
+    Explicit values are never changed. With nothing to choose, or no budget
+    (CPU), unset keys take ``memory_settings``' defaults and nothing is
+    compiled.
+
+    Args:
+        config: a training config.
+        mesh: the devices the step runs on.
+        budget_bytes: one chip's memory (``device_memory_bytes``), or None.
+        peak_bytes: (config) -> one chip's peak; default ``train_step_peak_bytes`` on ``mesh``.
+
+    Returns:
+        (the config with both keys set, the choice made or None).
+    """
+    defaults = with_memory_settings(config, *memory_settings(config)), None
+    if budget_bytes is None:
+        return defaults
+    candidates = memory_candidates(
+        config.model.remat, config.num_microbatches, config.batch_size, mesh.devices.size
+    )
+    if len(candidates) == 1:
+        return defaults
+    peak_bytes = peak_bytes or (lambda candidate: train_step_peak_bytes(candidate, mesh))
+    choice = choose_memory_settings(
+        candidates, lambda remat, n: peak_bytes(with_memory_settings(config, remat, n)), budget_bytes
+    )
+    return with_memory_settings(config, choice.remat, choice.num_microbatches), choice

@@ -1,4 +1,8 @@
-"""Inference: jitted clips (`predict`), sequences of any length (`lift`), exported forwards.
+"""Lifting 2D keypoint sequences of any length: one person (`lift`) or every tracked one (`lift_people`).
+
+Windows of the model's length are gathered in numpy and sent to one jitted
+function (``model.forward.predict_batch``) in batches of a fixed shape, so
+sequences of any length reuse the same compiled program.
 
 Letters: B batch, T frames, F the model's frames, W frames of a window, J = 17
 joints, C input channels, N windows.
@@ -7,58 +11,17 @@ joints, C input channels, N windows.
 import concurrent.futures
 import dataclasses
 import itertools
-import json
-import os
 import warnings
 
-import jax
 import numpy as np
 import tqdm
 from flax import nnx
 
-from sasmamba_jax import eval_lib, sharding, skeleton
-from sasmamba_jax.keypoints import check_image_size, prepare_keypoints
-from sasmamba_jax.model import SasMamba, check_input_shape
-
-
-def predict(model: SasMamba, x, *, matmul_precision: str | None = None) -> np.ndarray:
-    """Runs the model in eval mode (no DropPath) on a batch of clips.
-
-    The batch is split over the devices of the mesh the model's parameters
-    live on (``checkpoint.load_model`` puts them on every device).
-
-    Args:
-        model: a SasMamba (its train/eval mode is left untouched).
-        x: (B, T, 17, in_chans) numpy or jax array of normalised keypoints,
-            T <= the model's frames.
-        matmul_precision: float32 matmul precision (``eval_lib.MATMUL_PRECISIONS``;
-            ``eval_lib.PARITY_MATMUL_PRECISION`` to compare with the release),
-            or None for the caller's (``jax.default_matmul_precision``).
-
-    Returns:
-        (B, T, 17, 3) float32 root-relative 3D poses.
-
-    Raises:
-        ValueError: wrong shape, or NaN/inf keypoints.
-    """
-    x = np.asarray(x, np.float32)
-    check_input_shape(x.shape, model.config)
-    if not np.isfinite(x).all():
-        raise ValueError("input keypoints contain NaN or inf; fill or drop missing keypoints first")
-    graphdef, params = nnx.split(nnx.view(model, deterministic=True))
-    return eval_lib.predict_batch(
-        graphdef,
-        params,
-        x,
-        flip_permutation=None,
-        mesh=sharding.params_mesh(params),
-        matmul_precision=matmul_precision,
-    )
-
-
-# Everything below lifts whole sequences. Windows of the model's length are
-# gathered in numpy and sent to one jitted function in batches of a fixed
-# shape, so sequences of any length reuse the same compiled program.
+from sasmamba_jax import skeleton
+from sasmamba_jax.lifting.keypoints import check_image_size, prepare_keypoints
+from sasmamba_jax.model.forward import predict_batch
+from sasmamba_jax.model.sasmamba import SasMamba, check_input_shape
+from sasmamba_jax.parallel import sharding
 
 SHORT_SEQUENCE_MODES = ("resample", "direct")
 # On CPU one window per call is fastest: the model's time per window grows with
@@ -73,8 +36,6 @@ DEFAULT_BATCH_SIZE = 1
 # 2-core CPU (benchmarks/lift.py: 1.39-1.43x). Unmeasured on accelerators,
 # where batch_size is the lever that matters.
 DEFAULT_THREADS = 2
-EXPORT_FORMAT = "sasmamba-jax-export"
-EXPORT_METADATA_SUFFIX = ".json"
 
 
 def resample_indices(length: int, target_length: int) -> np.ndarray:
@@ -216,7 +177,7 @@ def lift_sequences(
     def forward(batch: np.ndarray) -> np.ndarray:
         padded = np.zeros((batch_size,) + batch.shape[1:] + inputs.shape[1:], np.float32)
         padded[: len(batch)] = inputs[batch]
-        predictions = eval_lib.predict_batch(
+        predictions = predict_batch(
             graphdef,
             params,
             padded,
@@ -505,57 +466,3 @@ def to_image_units(poses_3d, image_size) -> np.ndarray:
     """
     width, _ = check_image_size(image_size)
     return np.asarray(poses_3d, np.float32) * np.float32(width / 2)
-
-
-class ExportedForward:
-    """A forward pass serialised by `sasmamba_jax.export`, run with jax alone.
-
-    Attributes:
-        input_shape: the (B, T, 17, C) float32 shape it was exported for.
-        output_shape: (B, T, 17, 3).
-        metadata: the sidecar JSON (model config, flip_tta, ...), or None
-            when the sidecar file is absent.
-    """
-
-    def __init__(self, exported: jax.export.Exported, metadata: dict | None):
-        self._exported = exported
-        self._call = jax.jit(exported.call)
-        self.input_shape = tuple(exported.in_avals[0].shape)
-        self.output_shape = tuple(exported.out_avals[0].shape)
-        self.metadata = metadata
-
-    def __call__(self, x) -> np.ndarray:
-        """(B, T, 17, C) normalised keypoints, exactly `input_shape` -> (B, T, 17, 3) numpy."""
-        x = np.asarray(x, np.float32)
-        if x.shape != self.input_shape:
-            raise ValueError(
-                f"this exported forward takes input of shape {self.input_shape}, got {x.shape} "
-                "(export again with other --batch / --frames for other shapes)"
-            )
-        return np.asarray(self._call(x))
-
-
-def load_exported(path: str | os.PathLike) -> ExportedForward:
-    """Loads a forward pass written by ``python -m sasmamba_jax.export``.
-
-    Args:
-        path: the serialised StableHLO file; its metadata is read from
-            ``path + ".json"`` when present.
-
-    Raises:
-        ValueError: the file is missing or not a serialised jax export.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            exported = jax.export.deserialize(bytearray(f.read()))
-    except OSError as e:
-        raise ValueError(f"cannot read exported forward {path}: {e.strerror}") from None
-    except Exception as e:
-        raise ValueError(f"{path} is not a serialised jax.export artefact ({type(e).__name__})") from None
-    metadata_path = path + EXPORT_METADATA_SUFFIX
-    metadata = None
-    if os.path.isfile(metadata_path):
-        with open(metadata_path) as f:
-            metadata = json.load(f)
-    return ExportedForward(exported, metadata)

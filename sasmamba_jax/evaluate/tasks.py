@@ -1,58 +1,22 @@
-"""The evaluation forward on a device mesh, model predictions on test clips, and the tasks.
+"""Evaluation tasks: a dataset with its protocol, and the model's predictions of its test clips.
 
-``_predict_batch`` is the one jitted forward behind every prediction:
-``predict_batch`` runs it for ``train.py``'s periodic evaluation, ``eval.py``,
-``inference.predict`` and ``lift`` (so ``infer``), and the aot tool's
-``--mode=forward`` compiles it. It runs under the mesh the parameters live
-on (``jax.set_mesh``: the Pallas scan and the deformable convolution split
-themselves over its batch) and under one float32 matmul precision.
-``export`` serialises ``eval_forward``, its body, as a one-device program.
+Predictions go through ``model.forward.predict_batch``, the forward
+``train.py`` evaluates with, batch by batch over the parameters' mesh.
 """
 
-import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from sasmamba_jax import evaluation, skeleton
+from sasmamba_jax import skeleton
 from sasmamba_jax.data import h36m, mpi3dhp
-from sasmamba_jax.data.augment import flip_pose
-from sasmamba_jax.model import SasMamba
-from sasmamba_jax.sharding import batch_sharding
-
-# The names ``jax.default_matmul_precision`` takes for float32 matmuls.
-# "default" is the platform's own: one bfloat16 pass on TPU, TF32 on Ampere
-# and newer NVIDIA GPUs, float32 on CPU. "high" is three bfloat16 passes on
-# TPU (TF32 on GPU), "highest" full float32 everywhere.
-MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
-# What a comparison with the PyTorch release runs with: float32, as the release computes.
-PARITY_MATMUL_PRECISION = "highest"
-
-
-def check_matmul_precision(name: str) -> str:
-    """``name`` if it is one of ``MATMUL_PRECISIONS``; a one-line ValueError otherwise."""
-    if name not in MATMUL_PRECISIONS:
-        raise ValueError(f"unknown matmul precision {name!r}; expected one of {MATMUL_PRECISIONS}")
-    return name
-
-
-@contextlib.contextmanager
-def use_matmul_precision(name: str | None) -> Iterator[None]:
-    """The float32 matmul precision of every program traced in the block; None keeps the caller's.
-
-    Thread-local, as jax's setting is: a thread that traces must enter it itself.
-    """
-    if name is None:
-        yield
-        return
-    with jax.default_matmul_precision(check_matmul_precision(name)):
-        yield
+from sasmamba_jax.evaluate import protocols
+from sasmamba_jax.model.forward import predict_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +54,13 @@ def load_task(data_config: ml_collections.ConfigDict, num_frames: int, seed: int
         )
         if data_config.train_clip_dir:
             data = _with_training_clips_from(data_config.train_clip_dir, data, num_frames)
-        evaluate = functools.partial(evaluation.evaluate_h36m, data=data)
+        evaluate = functools.partial(protocols.evaluate_h36m, data=data)
         return Task("h36m", data, skeleton.ROOT, skeleton.FLIP_PERMUTATION, evaluate)
     if data_config.dataset == "3dhp":
         if not data_config.test_npz:
             raise ValueError("set --config.data.test_npz (and train_npz) to P-STMO's MPI-INF-3DHP files")
         data = mpi3dhp.load_3dhp(data_config.train_npz or None, data_config.test_npz, num_frames, **strides)
-        evaluate = functools.partial(evaluation.evaluate_3dhp, data=data)
+        evaluate = functools.partial(protocols.evaluate_3dhp, data=data)
         return Task("3dhp", data, mpi3dhp.ROOT_JOINT, mpi3dhp.FLIP_PERMUTATION, evaluate)
     raise ValueError(f"unknown dataset {data_config.dataset!r}; expected 'h36m' or '3dhp'")
 
@@ -120,74 +84,6 @@ def mean_pose_baseline(task: Task) -> dict:
     mean_pose = (targets - targets[:, :, task.root_joint : task.root_joint + 1]).mean(axis=(0, 1))
     test_shape = task.data.test_inputs.shape[:2]
     return task.evaluate(np.broadcast_to(mean_pose, (*test_shape, *mean_pose.shape)))
-
-
-def eval_forward(
-    model: SasMamba, windows: jax.Array, flip_permutation: tuple[int, ...] | None = None
-) -> jax.Array:
-    """The model's forward, averaged with its flipped-back output on the flipped input.
-
-    Traceable (call it under `jax.jit`); the caller puts the model in eval mode.
-
-    Args:
-        model: a SasMamba.
-        windows: (B, W, J, C) normalised keypoints.
-        flip_permutation: joint permutation that mirrors a pose, or None for
-            the plain forward.
-
-    Returns:
-        (B, W, J, 3) float32.
-    """
-    direct = model(windows)
-    if flip_permutation is None:
-        return direct
-    # Two calls rather than one on a doubled batch: on CPU the model's time per
-    # window grows with the batch (inference.DEFAULT_BATCH_SIZE).
-    flipped = model(flip_pose(windows, flip_permutation))
-    return (direct + flip_pose(flipped, flip_permutation)) / 2
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "flip_permutation", "out_sharding"))
-def _predict_batch(graphdef, params, x, flip_permutation, out_sharding):
-    pred = eval_forward(nnx.merge(graphdef, params), x, flip_permutation)
-    return jax.lax.with_sharding_constraint(pred, out_sharding)
-
-
-def predict_batch(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    windows: np.ndarray,
-    *,
-    flip_permutation: tuple[int, ...] | None,
-    mesh: Mesh,
-    matmul_precision: str | None = None,
-) -> np.ndarray:
-    """One batch of windows through ``_predict_batch``, split over the mesh's devices.
-
-    The batch is padded to a multiple of the device count. Every process
-    passes the same ``windows`` and gets every prediction back. Thread-safe:
-    it enters the mesh and the precision itself.
-
-    Args:
-        graphdef, params: an eval-mode model split with ``nnx.split``, its
-            parameters on ``mesh`` (``sharding.place_params``).
-        windows: (B, W, 17, C) model inputs.
-        flip_permutation: average with the mirrored input's prediction
-            (test-time flip augmentation), or None.
-        mesh: the ("data", "fsdp") mesh the parameters live on.
-        matmul_precision: one of ``MATMUL_PRECISIONS``, or None for the caller's.
-
-    Returns:
-        (B, W, 17, 3) float32 predictions.
-    """
-    windows = np.asarray(windows, np.float32)
-    num_devices = mesh.devices.size
-    padding = -len(windows) % num_devices
-    padded = np.concatenate([windows, np.zeros((padding, *windows.shape[1:]), np.float32)])
-    with jax.set_mesh(mesh), use_matmul_precision(matmul_precision):
-        x = jax.make_array_from_callback(padded.shape, batch_sharding(mesh), lambda index: padded[index])
-        pred = _predict_batch(graphdef, params, x, flip_permutation, NamedSharding(mesh, PartitionSpec()))
-    return np.asarray(pred)[: len(windows)]
 
 
 def predict_clips(
@@ -253,9 +149,3 @@ def evaluate_model(
     """Runs the dataset's evaluation protocol on an eval-mode model."""
     predictions = predict_test_clips(graphdef, params, task, eval_config, mesh, in_chans, matmul_precision)
     return task.evaluate(predictions)
-
-
-def eval_graphdef(graphdef: nnx.GraphDef, params: nnx.State) -> nnx.GraphDef:
-    """The eval-mode (no DropPath) twin of a model's graphdef."""
-    model = nnx.merge(graphdef, params)
-    return nnx.split(nnx.view(model, deterministic=True))[0]

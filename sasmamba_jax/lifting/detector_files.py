@@ -45,7 +45,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from sasmamba_jax import keypoints
+from sasmamba_jax.lifting import keypoints
 
 FILE_FORMATS = ("alphapose", "openpose", "mmpose")
 # Keypoint count -> layout, per file format.

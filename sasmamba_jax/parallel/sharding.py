@@ -12,6 +12,7 @@ annotations, the modern form of pjit: no ``pmap`` anywhere.
 """
 
 import warnings
+from typing import Any
 
 import jax
 import ml_collections
@@ -134,3 +135,12 @@ def put_replicated_host_tree(tree, shardings):
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
     return jax.tree.map(put, tree, shardings)
+
+
+def restore_target(abstract: Any, mesh: Mesh) -> Any:
+    """Shapes, dtypes and ``place_params``' shardings on ``mesh`` of an abstract tree."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract,
+        tree_shardings(mesh, abstract),
+    )

@@ -1,0 +1,1 @@
+"""Every command line, with one way to parse flags and one error path."""

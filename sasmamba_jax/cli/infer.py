@@ -1,0 +1,342 @@
+"""Command line: lift a video's 2D keypoints to 3D, save them, animate or export them.
+
+    python -m sasmamba_jax.infer --checkpoint CKPT --input KP.npy --format coco \\
+        --image-size 1920 1080 --output out.npz --plot out.gif
+    python -m sasmamba_jax.infer --checkpoint CKPT --input alphapose-results.json \\
+        --image-size 1920 1080 --output out.npz --bvh person_{id}.bvh --csv out.csv
+
+Errors are reported on one line with exit status 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import animation
+
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.lifting import detector_files, keypoints, motion_export, pictures
+from sasmamba_jax.lifting.sequences import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THREADS,
+    MIN_TRACK_FRAMES,
+    SHORT_SEQUENCE_MODES,
+    lift_people,
+    lift_sequence,
+    to_image_units,
+)
+from sasmamba_jax.model.precision import MATMUL_PRECISIONS
+
+ARRAY_FORMATS = ("h36m", "coco")
+INPUT_FORMATS = ("auto",) + detector_files.FILE_FORMATS + ARRAY_FORMATS
+
+_DESCRIPTION = """\
+Lift a sequence of 2D keypoints (e.g. a detector's output on a video) to
+root-relative 3D poses with SasMamba.
+
+Input (--input, its kind given by --format or, by default, found from its
+content: a folder is OpenPose, a JSON list of {"image_id", "keypoints"}
+AlphaPose, of {"frame_id", "instances"} MMPose, anything else an h36m array):
+  alphapose  AlphaPose's results JSON (Halpe-26 or COCO-17; idx = track id).
+  openpose   a folder of OpenPose *_keypoints.json files, one per frame in
+             file-name order (BODY_25 or COCO-18; person_id when tracked).
+  mmpose     MMPose inferencer predictions JSON of a video (COCO-17 or
+             COCO-WholeBody-133; track_id when tracked).
+             These three are pixels and need --image-size; every tracked
+             person is lifted (--person ID picks one). Untracked files may
+             hold one person per frame.
+  h36m/coco arrays, one person:
+  .npy   float array (T, 17, 2) x, y or (T, 17, 3) x, y, confidence.
+  .json  a list of T frames, each a list of 17 keypoints [x, y] or
+         [x, y, confidence], e.g. [[[412.0, 230.5, 0.93], ...], ...].
+         null stands for a missing coordinate.
+  Keypoints are in the joint order of --format: h36m (pelvis, right hip,
+  right knee, right ankle, left hip, left knee, left ankle, spine, thorax,
+  neck, head, left shoulder, left elbow, left wrist, right shoulder, right
+  elbow, right wrist) or coco (nose, left/right eye, left/right ear,
+  left/right shoulder, elbow, wrist, hip, knee, ankle). Coordinates are
+  pixels when --image-size is given, else already normalised
+  (xy / W * 2 - [1, H / W]). A point with NaN/null coordinates or confidence
+  0 is missing and filled by interpolation over time (with a warning).
+
+Output (--output, .npz):
+  poses_3d      (T, 17, 3) root-relative 3D poses in normalised units
+                (x, y, depth; multiply by W / 2 for pixels).
+  poses_3d_px   (T, 17, 3) the same in pixels (only with --image-size).
+  keypoints_2d  (T, 17, 2) the input in Human3.6M order, missing points
+                filled, in the input's units.
+  confidences   (T, 17) (only when the input had confidences).
+  filled        (T, 17) bool, True where a point was missing and filled.
+  From a detector file every array gets a leading person axis P (unless
+  --person picks one), NaN in the frames a person is absent from, and:
+  person_ids    (P,) the track ids, in the order of the person axis.
+  present       (P, T) bool, True where the person was detected.
+  Tracks seen in fewer than --min-track-frames frames are reported and
+  skipped.
+
+--bvh FILE writes a BVH animation per person (put {id} in the name when
+there are several), --csv FILE one row per (person, frame, joint).
+"""
+
+
+def read_keypoints(path: str | os.PathLike) -> np.ndarray:
+    """Reads a (T, 17, 2|3) keypoint array from a .npy or .json file (schema in --help).
+
+    Raises:
+        ValueError: unknown suffix, unreadable file, or a JSON file that is not
+            a rectangular list of numbers.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+    if suffix == ".json":
+        try:
+            with open(path) as f:
+                frames = json.load(f)
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return np.array(frames, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path} must hold a list of frames, each a list of 17 [x, y] or [x, y, confidence]"
+            ) from None
+    raise ValueError(f"unknown input type {suffix!r} for {path}: expected .npy or .json")
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m sasmamba_jax.infer",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a model directory (Orbax), a release .pth checkpoint or a train.py workdir",
+    )
+    parser.add_argument("--input", required=True, help="keypoints: a file or an OpenPose folder (above)")
+    parser.add_argument(
+        "--format", choices=INPUT_FORMATS, default="auto", help="what --input is (default: from its content)"
+    )
+    parser.add_argument("--person", type=int, default=None, help="lift only this track id")
+    parser.add_argument(
+        "--min-track-frames",
+        type=int,
+        default=MIN_TRACK_FRAMES,
+        help="skip tracks seen in fewer frames",
+    )
+    parser.add_argument("--image-size", nargs=2, type=float, metavar=("W", "H"), help="image size in pixels")
+    parser.add_argument("--output", required=True, help="output .npz")
+    parser.add_argument(
+        "--plot", help="also write a picture: .gif or .mp4 (needs ffmpeg) animation, or .png of one frame"
+    )
+    parser.add_argument(
+        "--plot-frame", type=int, default=None, help="the frame a .png shows (default the middle)"
+    )
+    parser.add_argument(
+        "--plot-max-frames", type=int, default=None, help="animate only the first N frames (default all)"
+    )
+    parser.add_argument("--bvh", help="also write a BVH animation ({id} in the name for several people)")
+    parser.add_argument("--csv", help="also write one CSV row per (person, frame, joint)")
+    parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate (--bvh, --plot)")
+    parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging (2x faster)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward call")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="forward calls in flight")
+    parser.add_argument("--stride", type=int, default=None, help="frames between windows (default F / 2)")
+    parser.add_argument(
+        "--matmul-precision",
+        choices=MATMUL_PRECISIONS,
+        default="default",
+        help="float32 matmul precision: the platform's (default; one bfloat16 pass on TPU) or e.g. highest",
+    )
+    parser.add_argument(
+        "--short-sequence-mode",
+        choices=SHORT_SEQUENCE_MODES,
+        default="resample",
+        help="sequences shorter than the model: resample to its length and back, or run directly",
+    )
+    return parser.parse_args(argv)
+
+
+def _check_plot_path(path: str) -> None:
+    """Fails before any work on a --plot file that `pictures.save_animation` would refuse."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".gif", ".mp4", ".png"):
+        raise ValueError(f"--plot must end in .gif, .mp4 or .png, got {path}")
+    if suffix == ".mp4" and not animation.writers.is_available("ffmpeg"):
+        raise ValueError(f"--plot {path}: MP4 needs ffmpeg, which is not installed; ask for a .gif")
+
+
+def resolve_format(path: str, requested: str) -> str:
+    """The input's format: `requested`, or found from the content for "auto".
+
+    Raises:
+        ValueError: an array format asked for a detector file (or the reverse
+            for a folder).
+    """
+    found = detector_files.sniff_format(path)
+    if requested == "auto":
+        return found or "h36m"
+    if requested in ARRAY_FORMATS and found is not None:
+        raise ValueError(f"{path} holds {found} output, not a {requested} array: use --format {found}")
+    return requested
+
+
+def _lift_options(args: argparse.Namespace) -> dict:
+    return dict(
+        flip_tta=not args.no_flip,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        stride=args.stride,
+        short_sequence_mode=args.short_sequence_mode,
+        progress=True,
+        matmul_precision=args.matmul_precision,
+    )
+
+
+def _lift_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
+    """One person's h36m/coco array lifted: the npz arrays (T, ...) and the id list [0]."""
+    if args.person is not None:
+        raise ValueError("--person picks a track of a detector file; a keypoint array holds one person")
+    raw = read_keypoints(args.input)
+    prepared = keypoints.prepare_keypoints(raw, keypoint_format=file_format, image_size=args.image_size)
+    model = load_model(args.checkpoint)
+    poses_3d = lift_sequence(model, prepared.model_input(model.config.in_chans), **_lift_options(args))
+    results = {"poses_3d": poses_3d, "keypoints_2d": prepared.xy, "filled": prepared.filled}
+    if prepared.confidences is not None:
+        results["confidences"] = prepared.confidences
+    return results, [0]
+
+
+def _lift_detections(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
+    """Every person (or --person) of a detector file lifted: the npz arrays and the ids."""
+    if args.image_size is None:
+        raise ValueError(f"--image-size W H is needed: {file_format} keypoints are pixels")
+    detections = detector_files.READERS[file_format](args.input)
+    people = detections.keypoints
+    person_ids = list(detections.person_ids)
+    if args.person is not None:
+        if args.person not in person_ids:
+            raise ValueError(
+                f"--person {args.person}: no such track in {args.input} "
+                f"(ids: {', '.join(map(str, person_ids))})"
+            )
+        row = person_ids.index(args.person)
+        people, person_ids = people[row : row + 1], [args.person]
+    if args.bvh:
+        motion_export.bvh_paths(args.bvh, person_ids)
+    lifted = lift_people(
+        load_model(args.checkpoint),
+        people,
+        person_ids,
+        keypoint_format=detections.keypoint_format,
+        image_size=args.image_size,
+        min_track_frames=args.min_track_frames,
+        **_lift_options(args),
+    )
+    results = {
+        "poses_3d": lifted.poses_3d,
+        "keypoints_2d": lifted.keypoints_2d,
+        "filled": lifted.filled,
+        "confidences": lifted.confidences,
+        "present": lifted.present,
+    }
+    if args.person is not None:
+        results = {name: array[0] for name, array in results.items()}
+    results["person_ids"] = np.asarray(lifted.person_ids, np.int64)
+    return results, list(lifted.person_ids)
+
+
+def _plot(args: argparse.Namespace, results: dict, image_size) -> None:
+    plotted = results.get("poses_3d_px", results["poses_3d"])
+    keypoints_2d = results["keypoints_2d"]
+    unit = "px" if image_size is not None else "normalised units"
+    options = dict(image_size=image_size, length_unit=unit)
+    if "person_ids" in results:
+        # People from a detector file, even one picked by --person, may be absent (NaN) in some frames.
+        options["person_ids"] = results["person_ids"]
+        if plotted.ndim == 3:
+            plotted, keypoints_2d = plotted[None], keypoints_2d[None]
+    if args.plot.lower().endswith(".png"):
+        frame = plotted.shape[-3] // 2 if args.plot_frame is None else args.plot_frame
+        pictures.save_frame(args.plot, keypoints_2d, plotted, frame, **options)
+    else:
+        pictures.save_animation(
+            args.plot,
+            keypoints_2d,
+            plotted,
+            max_frames=args.plot_max_frames,
+            fps=args.fps,
+            **options,
+        )
+    print(f"wrote {args.plot}")
+
+
+def _export(args: argparse.Namespace, results: dict, person_ids: list[int]) -> None:
+    """Writes --bvh and --csv from the lifted poses, in pixels when the image size is known."""
+    poses = results.get("poses_3d_px", results["poses_3d"])
+    people = poses if poses.ndim == 4 else poses[None]
+    if args.bvh:
+        for path, person in zip(motion_export.bvh_paths(args.bvh, person_ids), people):
+            motion_export.write_bvh(path, person, fps=args.fps)
+            print(f"wrote {path}")
+    if args.csv:
+        motion_export.write_csv(args.csv, people, person_ids)
+        print(f"wrote {args.csv}")
+
+
+def lift_file(args: argparse.Namespace) -> None:
+    """Lifts, saves, plots and exports as `args` say; raises ValueError/OSError/RuntimeError on failure."""
+    if not args.output.endswith(".npz"):
+        raise ValueError(f"--output must end in .npz, got {args.output}")
+    if args.plot:
+        _check_plot_path(args.plot)
+    if not (args.fps > 0 and np.isfinite(args.fps)):
+        raise ValueError(f"--fps must be a positive number, got {args.fps}")
+    image_size = None if args.image_size is None else keypoints.check_image_size(args.image_size)
+    file_format = resolve_format(args.input, args.format)
+    if file_format in detector_files.FILE_FORMATS:
+        results, person_ids = _lift_detections(args, file_format)
+    else:
+        results, person_ids = _lift_array(args, file_format)
+    if image_size is not None:
+        results["poses_3d_px"] = to_image_units(results["poses_3d"], image_size)
+    np.savez(args.output, **{name: array for name, array in results.items() if array is not None})
+    frames = results["poses_3d"].shape[-3]
+    print(f"wrote {args.output}: {frames} frames, {len(person_ids)} person(s)")
+    if args.plot:
+        _plot(args, results, image_size)
+    _export(args, results, person_ids)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"sasmamba_jax.infer: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning
+            lift_file(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        message = " ".join(str(e).split())
+        print(f"sasmamba_jax.infer: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    """The console script ``sasmamba-infer`` and ``python -m sasmamba_jax.infer``."""
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading and writing models: model directories, workdirs, PyTorch checkpoints, the serving artefact."""

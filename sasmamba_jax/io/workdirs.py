@@ -1,0 +1,72 @@
+"""A ``train.py`` workdir's checkpoints: where they live, and its latest model.
+
+A workdir holds ``checkpoints/latest`` and ``checkpoints/best``, Orbax
+checkpoint managers' directories, each step with the train state, the data
+position and the training config (``train.checkpoints`` writes them).
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from sasmamba_jax.io.errors import CheckpointError, check_shapes, first_line
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.parallel import sharding
+
+# A training workdir's checkpoint managers.
+CHECKPOINT_DIR = "checkpoints"
+
+
+LATEST = "latest"
+
+
+BEST = "best"
+
+
+def training_model_config(config: Mapping[str, Any]) -> SasMambaConfig:
+    """The model a training config describes: its ``model`` fields plus its ``dtype``."""
+    return SasMambaConfig.from_dict({**dict(config["model"]), "dtype": config["dtype"]})
+
+
+def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None, **options: Any) -> SasMamba:
+    """The latest checkpoint's model of a training workdir, in eval mode.
+
+    Args:
+        workdir: a ``train.py`` workdir.
+        mesh: where the parameters go, whatever mesh the run trained on
+            (``sharding.place_params``' layout); every device, replicated,
+            by default.
+        **options: overrides of the model's run options (scan, stride_grad, ...).
+
+    Raises:
+        CheckpointError: no checkpoint yet, or one that cannot be restored.
+    """
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"{workdir} has no training checkpoint yet")
+    try:
+        saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+        model_cfg = training_model_config(saved_config).with_options(**options)
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
+        target = {"params": sharding.restore_target(abstract, mesh or sharding.default_mesh())}
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )
+            ),
+        )
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(f"cannot restore step {step} of {manager.directory}: {first_line(e)}") from None
+    check_shapes(restored.state, target, f"the parameters of step {step} in {manager.directory}")
+    model = nnx.merge(graphdef, restored.state["params"])
+    model.eval()
+    return model

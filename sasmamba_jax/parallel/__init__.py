@@ -1,0 +1,1 @@
+"""Device meshes, the sharding rule, and multi-host start-up."""

@@ -1,0 +1,1 @@
+"""Training: the state and step, the loop, checkpoints, memory choice, losses, metrics."""

@@ -1,0 +1,248 @@
+"""The training loop: ``train_and_evaluate``, the release's recipe on any number of devices and hosts.
+
+It resumes automatically from ``workdir/checkpoints``, evaluates and saves on
+a schedule, and stops cleanly on SIGTERM or a non-finite loss.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
+from sasmamba_jax.evaluate import tasks
+from sasmamba_jax.io.errors import CheckpointError
+from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.io.model_dirs import build_model, params_of
+from sasmamba_jax.model.forward import eval_graphdef
+from sasmamba_jax.model.precision import use_matmul_precision
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.parallel import sharding
+from sasmamba_jax.train import checkpoints, curves, memory, recipe
+from sasmamba_jax.train.metric_writers import MetricWriter
+from sasmamba_jax.train.recipe import TrainState, create_model, create_train_state, model_config, train_step
+
+RESULTS_FILE = "results.json"
+
+
+CURVES_FILE = "curves.png"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass
+class _Schedule:
+    """When the loop logs, evaluates and checkpoints."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch):
+        total = config.num_epochs * steps_per_epoch
+        if config.max_steps > 0:
+            total = min(total, config.max_steps)
+        return cls(
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            log_every=max(1, config.log_every_steps),
+            eval_every=config.eval_every_steps or steps_per_epoch,
+            checkpoint_every=config.checkpoint_every_steps or steps_per_epoch,
+        )
+
+    def due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total_steps
+
+
+def _place_state(state: TrainState, mesh) -> TrainState:
+    shardings = sharding.tree_shardings(mesh, state.arrays())
+    return state.with_arrays(sharding.put_replicated_host_tree(jax.device_get(state.arrays()), shardings))
+
+
+def _initial_model(config) -> SasMamba:
+    if config.init_from:
+        model = load_model(config.init_from)
+        wanted = model_config(config)
+        for field in SasMambaConfig.SHAPE_FIELDS:
+            if getattr(model.config, field) != getattr(wanted, field):
+                raise CheckpointError(
+                    f"init_from {config.init_from} has {field}={getattr(model.config, field)}, "
+                    f"the config asks for {getattr(wanted, field)}"
+                )
+        return build_model(wanted, params_of(model))
+    return create_model(config)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains and evaluates a SasMamba; resumes from ``workdir`` if it holds checkpoints.
+
+    Writes ``workdir/checkpoints/{latest,best}`` (Orbax), ``metrics.jsonl`` and
+    TensorBoard events, ``curves.png`` and ``results.json``. On SIGTERM
+    (``PreemptionNotice``) every process saves the current step to ``latest``
+    and returns early, without the final evaluation; the same call resumes.
+
+    Returns:
+        The final results: test P1/P2 (mm), the mean-pose baseline's P1, steps,
+        wall time, and "preempted": False; after a preemption only "steps",
+        "wall_s" and "preempted": True.
+    """
+    mesh = sharding.make_mesh(config.mesh)
+    # Every step, evaluation and compile of the run sees the mesh: the Pallas
+    # scan splits its kernels over it (XLA cannot split them itself). And one
+    # float32 matmul precision, the evaluation's included.
+    with jax.set_mesh(mesh), use_matmul_precision(config.matmul_precision):
+        return _train_and_evaluate_on(mesh, config, workdir)
+
+
+def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, workdir: str) -> dict:
+    start_time = time.time()
+    is_writer = jax.process_index() == 0
+    # Chosen before anything is built, so the saved config records the choice.
+    budget_bytes = memory.device_memory_bytes(mesh.devices.flat[0])
+    config, choice = memory.resolve_memory_settings(config, mesh, budget_bytes)
+    if choice is not None:
+        if not choice.fits:
+            raise ValueError(memory.describe_choice(choice, budget_bytes))
+        if is_writer:
+            print(memory.describe_choice(choice, budget_bytes))
+    model_cfg = model_config(config)
+    task = tasks.load_task(config.data, model_cfg.num_frames, config.seed)
+    loader = ClipLoader(
+        task.data.train_inputs,
+        task.data.train_targets,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        flip=config.data.flip,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        input_channels=model_cfg.in_chans,
+        root_joint=task.root_joint,
+        flip_permutation=task.flip_permutation,
+    )
+    schedule = _Schedule.from_config(config, loader.steps_per_epoch)
+    state = _place_state(
+        create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch), mesh
+    )
+    latest, best = checkpoints.checkpoint_managers(workdir, config.keep_checkpoints)
+    if latest.latest_step() is not None:
+        state, loader_state = checkpoints.restore(latest, latest.latest_step(), state)
+        loader.set_state(loader_state)
+        if is_writer:
+            print(f"resumed from {latest.directory} at step {int(state.step)}")
+    writer = MetricWriter(workdir, enabled=is_writer, resume_step=int(state.step))
+    batch_sharding = sharding.batch_sharding(mesh)
+    lr_schedule = recipe.learning_rate_schedule(config, loader.steps_per_epoch)
+    baseline = tasks.mean_pose_baseline(task)
+
+    def evaluate(state):
+        graphdef = eval_graphdef(state.graphdef, state.params)
+        return tasks.evaluate_model(
+            graphdef, state.params, task, config.eval, mesh, model_cfg.in_chans, config.matmul_precision
+        )
+
+    step = int(state.step)
+    results = None
+    window = []  # metrics of the steps since the last log row
+    unchecked = []  # (step, loss) of steps whose loss has not been looked at yet
+    window_start = time.time()
+    progress = tqdm(
+        total=schedule.total_steps, initial=step, disable=not is_writer, desc="train", unit="step"
+    )
+    preemption = checkpoints.PreemptionNotice()
+    preempted = False
+    try:
+        while step < schedule.total_steps and not preempted:
+            batch = make_global_batch(next(loader), batch_sharding)
+            state, metrics = train_step(state, batch)
+            step += 1
+            window.append(metrics)
+            unchecked.append((step, metrics["loss"]))
+            # Look at the previous step's loss while this one runs on the device.
+            _check_finite(unchecked[:-1])
+            unchecked = unchecked[-1:]
+            log_now = schedule.due(step, schedule.log_every)
+            eval_now = schedule.due(step, schedule.eval_every)
+            preempted = preemption.reached(step)
+            save_now = schedule.due(step, schedule.checkpoint_every) or preempted
+            if log_now or eval_now or save_now:
+                _check_finite(unchecked)
+                unchecked = []
+            if log_now:
+                summary = _summarise(jax.device_get(window), time.time() - window_start, config.batch_size)
+                summary["train/learning_rate"] = float(lr_schedule(step - 1))
+                writer.write(step, summary)
+                progress.set_postfix(
+                    loss=f"{summary['train/loss']:.4f}", clips_s=f"{summary['train/clips_per_s']:.1f}"
+                )
+                window, window_start = [], time.time()
+            progress.update(1)
+            eval_results = None
+            if eval_now:
+                eval_results = results = evaluate(state)
+                writer.write(step, {"eval/p1": results["p1"], **_secondary(results)})
+            if save_now:
+                save_args = checkpoints.save_args(state, loader.get_state(), config)
+                latest.save(step, args=save_args)
+                if eval_results is not None:
+                    best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
+    finally:
+        preemption.close()
+        progress.close()
+        latest.wait_until_finished()
+        best.wait_until_finished()
+        writer.close()
+
+    if preempted:
+        return {"preempted": True, "steps": step, "wall_s": time.time() - start_time}
+    if results is None:
+        results = evaluate(state)
+    final = {
+        "preempted": False,
+        "p1": results["p1"],
+        **_secondary(results, prefix=""),
+        "baseline_p1": baseline["p1"],
+        "steps": step,
+        "wall_s": time.time() - start_time,
+        "eval": results,
+    }
+    if is_writer:
+        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+            json.dump(final, f, indent=2)
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(metrics_path):
+            curves.plot_training_curves(metrics_path, os.path.join(workdir, CURVES_FILE))
+    return final
+
+
+def _secondary(results: dict, prefix: str = "eval/") -> dict[str, float]:
+    """The dataset's other headline numbers (P2 for Human3.6M, PCK/AUC for 3DHP)."""
+    keys = ("p2", "accel", "pck", "auc")
+    return {f"{prefix}{k}": results[k] for k in keys if k in results}
+
+
+def _summarise(window: list[dict], seconds: float, batch_size: int) -> dict[str, float]:
+    """Mean of each training metric over the logging window, and throughput."""
+    summary = {f"train/{name}": float(np.mean([row[name] for row in window])) for name in window[0]}
+    summary["train/clips_per_s"] = len(window) * batch_size / max(seconds, 1e-9)
+    return summary
+
+
+def _check_finite(losses_by_step) -> None:
+    for step, loss in losses_by_step:
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss became {loss} at step {step}; stopped without saving, "
+                "the last good checkpoint is kept"
+            )
