@@ -6,6 +6,12 @@ light and ``python -m sasmamba_jax.<tool>`` runs each tool's module once.
 
 import importlib
 
+from sasmamba_jax import host_platform
+
+# Before anything here imports jax: on a host with no TPU or GPU, jax starts
+# on the CPU without the CUDA plugin's and libtpu's start-up errors.
+host_platform.use_cpu_without_accelerator()
+
 _EXPORTS = {
     "SasMamba": "sasmamba_jax.model.sasmamba",
     "SasMambaConfig": "sasmamba_jax.model.sasmamba",
