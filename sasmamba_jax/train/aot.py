@@ -92,24 +92,17 @@ def _mesh(config: ml_collections.ConfigDict, devices: list[jax.Device]) -> jax.s
         raise AotError(f"mesh: {e}") from None
 
 
-def _timed_peak(compile_fn, args, record: dict) -> int:
-    """Compiles ``compile_fn(*args)``'s program; one chip's peak, the compile time in ``record``."""
+def _timed(record: dict, peak_fn, *args) -> int:
+    """``peak_fn(*args)``, a compile's peak bytes; its time in ``record["compile_s"]``."""
     start = time.perf_counter()
-    try:
-        peak = memory.compiled_peak_bytes(compile_fn(*args))
-    except jax.errors.JaxRuntimeError as e:
-        needed = memory.required_bytes(e)
-        if needed is None:
-            raise
-        peak = needed[0] + memory.per_device_bytes(args)
+    peak = peak_fn(*args)
     record["compile_s"] = time.perf_counter() - start
     return peak
 
 
 def _train_peak(config: ml_collections.ConfigDict, mesh, record: dict) -> int:
-    args = memory.abstract_train_step_args(config, mesh)
     options = targets.compiler_options(list(mesh.devices.flat))
-    return _timed_peak(lambda *a: recipe.train_step.lower(*a).compile(options), args, record)
+    return _timed(record, memory.train_step_peak_bytes, config, mesh, options)
 
 
 def _forward_peak(config: ml_collections.ConfigDict, mesh, batch: int, record: dict) -> int:
@@ -128,7 +121,7 @@ def _forward_peak(config: ml_collections.ConfigDict, mesh, batch: int, record: d
         lowered = forward._predict_batch.lower(graphdef, params, x, flip, replicated)
         return lowered.compile(targets.compiler_options(list(mesh.devices.flat)))
 
-    return _timed_peak(compile_forward, (state.params, x), record)
+    return _timed(record, memory.program_peak_bytes, compile_forward, (state.params, x))
 
 
 def compile_for_topology(

@@ -13,6 +13,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from sasmamba_jax.data.pipeline import ClipLoader, make_global_batch
@@ -108,7 +109,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, workdir: str) -> dict:
     start_time = time.time()
     is_writer = jax.process_index() == 0
-    # Chosen before anything is built, so the saved config records the choice.
+    config = _prepare_config(config, mesh, is_writer)
+    task, loader = _load_data(config)
+    state, latest, best = _start_or_resume(config, mesh, workdir, loader, is_writer)
+    schedule = _Schedule.from_config(config, loader.steps_per_epoch)
+    first_step = int(state.step)
+    run = _Run(
+        mesh=mesh,
+        config=config,
+        workdir=workdir,
+        is_writer=is_writer,
+        start_time=start_time,
+        task=task,
+        loader=loader,
+        schedule=schedule,
+        latest=latest,
+        best=best,
+        writer=MetricWriter(workdir, enabled=is_writer, resume_step=first_step),
+        baseline=tasks.mean_pose_baseline(task),
+        progress=tqdm(
+            total=schedule.total_steps,
+            initial=first_step,
+            disable=not is_writer,
+            desc="train",
+            unit="step",
+        ),
+        preemption=checkpoints.PreemptionNotice(),
+    )
+    try:
+        state, step, results, preempted = _train(run, state)
+    finally:
+        run.close()
+    if preempted:
+        return {"preempted": True, "steps": step, "wall_s": time.time() - start_time}
+    return _finish(run, state, step, results)
+
+
+def _prepare_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, is_writer: bool):
+    """``config`` with unset remat / microbatches chosen to fit one chip (the choice printed).
+
+    Chosen before anything is built, so the saved config records the choice.
+
+    Raises:
+        ValueError: nothing fits.
+    """
     budget_bytes = memory.device_memory_bytes(mesh.devices.flat[0])
     config, choice = memory.resolve_memory_settings(config, mesh, budget_bytes)
     if choice is not None:
@@ -116,6 +160,11 @@ def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.Confi
             raise ValueError(memory.describe_choice(choice, budget_bytes))
         if is_writer:
             print(memory.describe_choice(choice, budget_bytes))
+    return config
+
+
+def _load_data(config: ml_collections.ConfigDict) -> tuple[tasks.Task, ClipLoader]:
+    """The config's dataset, and the loader of this process's share of each training batch."""
     model_cfg = model_config(config)
     task = tasks.load_task(config.data, model_cfg.num_frames, config.seed)
     loader = ClipLoader(
@@ -130,7 +179,15 @@ def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.Confi
         root_joint=task.root_joint,
         flip_permutation=task.flip_permutation,
     )
-    schedule = _Schedule.from_config(config, loader.steps_per_epoch)
+    return task, loader
+
+
+def _start_or_resume(config, mesh, workdir: str, loader: ClipLoader, is_writer: bool):
+    """The initial state on ``mesh``, or the latest checkpoint's (``loader`` set to its position).
+
+    Returns:
+        (state, the ``latest`` checkpoint manager, the ``best`` one).
+    """
     state = _place_state(
         create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch), mesh
     )
@@ -140,88 +197,150 @@ def _train_and_evaluate_on(mesh: jax.sharding.Mesh, config: ml_collections.Confi
         loader.set_state(loader_state)
         if is_writer:
             print(f"resumed from {latest.directory} at step {int(state.step)}")
-    writer = MetricWriter(workdir, enabled=is_writer, resume_step=int(state.step))
-    batch_sharding = sharding.batch_sharding(mesh)
-    lr_schedule = recipe.learning_rate_schedule(config, loader.steps_per_epoch)
-    baseline = tasks.mean_pose_baseline(task)
+    return state, latest, best
 
-    def evaluate(state):
+
+@dataclasses.dataclass
+class _Run:
+    """One call's data, schedule and outputs: checkpoints, metrics, progress bar, SIGTERM notice."""
+
+    mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict
+    workdir: str
+    is_writer: bool
+    start_time: float
+    task: tasks.Task
+    loader: ClipLoader
+    schedule: _Schedule
+    latest: ocp.CheckpointManager
+    best: ocp.CheckpointManager
+    writer: MetricWriter
+    baseline: dict
+    progress: tqdm
+    preemption: checkpoints.PreemptionNotice
+
+    def evaluate(self, state: TrainState) -> dict:
+        """The dataset's evaluation protocol on ``state``'s model (every process takes part)."""
         graphdef = eval_graphdef(state.graphdef, state.params)
         return tasks.evaluate_model(
-            graphdef, state.params, task, config.eval, mesh, model_cfg.in_chans, config.matmul_precision
+            graphdef,
+            state.params,
+            self.task,
+            self.config.eval,
+            self.mesh,
+            model_config(self.config).in_chans,
+            self.config.matmul_precision,
         )
 
+    def save(self, step: int, state: TrainState, eval_results: dict | None) -> None:
+        """Saves ``step`` to ``latest``, and to ``best`` (by P1) if it was just evaluated."""
+        save_args = checkpoints.save_args(state, self.loader.get_state(), self.config)
+        self.latest.save(step, args=save_args)
+        if eval_results is not None:
+            self.best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
+
+    def close(self) -> None:
+        """Restores the SIGTERM handler and waits for the saves in flight."""
+        self.preemption.close()
+        self.progress.close()
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+        self.writer.close()
+
+
+class _Window:
+    """The training metrics since the last log row, and the losses not looked at yet."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.lr_schedule = recipe.learning_rate_schedule(run.config, run.loader.steps_per_epoch)
+        self.metrics = []
+        self.unchecked = []  # (step, loss)
+        self.start = time.time()
+
+    def add(self, step: int, metrics: dict) -> None:
+        """Adds a step's metrics; checks the previous step's loss while this one runs on the device."""
+        self.metrics.append(metrics)
+        self.unchecked.append((step, metrics["loss"]))
+        _check_finite(self.unchecked[:-1])
+        self.unchecked = self.unchecked[-1:]
+
+    def check_finite(self) -> None:
+        """Raises NonFiniteLossError if any loss so far is not finite (waits for the device)."""
+        _check_finite(self.unchecked)
+        self.unchecked = []
+
+    def log(self, step: int) -> None:
+        """Writes the window's means and throughput as ``step``'s row, and starts a new window."""
+        summary = _summarise(
+            jax.device_get(self.metrics), time.time() - self.start, self.run.config.batch_size
+        )
+        summary["train/learning_rate"] = float(self.lr_schedule(step - 1))
+        self.run.writer.write(step, summary)
+        self.run.progress.set_postfix(
+            loss=f"{summary['train/loss']:.4f}", clips_s=f"{summary['train/clips_per_s']:.1f}"
+        )
+        self.metrics, self.start = [], time.time()
+
+
+def _train(run: _Run, state: TrainState) -> tuple[TrainState, int, dict | None, bool]:
+    """Trains to the schedule's end or a SIGTERM, logging, evaluating and saving as it is due.
+
+    Returns:
+        (state, step reached, the last evaluation's results or None, whether preempted).
+
+    Raises:
+        NonFiniteLossError: a loss was NaN or infinite; nothing is saved past its step.
+    """
+    schedule = run.schedule
+    batch_sharding = sharding.batch_sharding(run.mesh)
+    window = _Window(run)
     step = int(state.step)
     results = None
-    window = []  # metrics of the steps since the last log row
-    unchecked = []  # (step, loss) of steps whose loss has not been looked at yet
-    window_start = time.time()
-    progress = tqdm(
-        total=schedule.total_steps, initial=step, disable=not is_writer, desc="train", unit="step"
-    )
-    preemption = checkpoints.PreemptionNotice()
     preempted = False
-    try:
-        while step < schedule.total_steps and not preempted:
-            batch = make_global_batch(next(loader), batch_sharding)
-            state, metrics = train_step(state, batch)
-            step += 1
-            window.append(metrics)
-            unchecked.append((step, metrics["loss"]))
-            # Look at the previous step's loss while this one runs on the device.
-            _check_finite(unchecked[:-1])
-            unchecked = unchecked[-1:]
-            log_now = schedule.due(step, schedule.log_every)
-            eval_now = schedule.due(step, schedule.eval_every)
-            preempted = preemption.reached(step)
-            save_now = schedule.due(step, schedule.checkpoint_every) or preempted
-            if log_now or eval_now or save_now:
-                _check_finite(unchecked)
-                unchecked = []
-            if log_now:
-                summary = _summarise(jax.device_get(window), time.time() - window_start, config.batch_size)
-                summary["train/learning_rate"] = float(lr_schedule(step - 1))
-                writer.write(step, summary)
-                progress.set_postfix(
-                    loss=f"{summary['train/loss']:.4f}", clips_s=f"{summary['train/clips_per_s']:.1f}"
-                )
-                window, window_start = [], time.time()
-            progress.update(1)
-            eval_results = None
-            if eval_now:
-                eval_results = results = evaluate(state)
-                writer.write(step, {"eval/p1": results["p1"], **_secondary(results)})
-            if save_now:
-                save_args = checkpoints.save_args(state, loader.get_state(), config)
-                latest.save(step, args=save_args)
-                if eval_results is not None:
-                    best.save(step, args=save_args, metrics={"p1": eval_results["p1"]})
-    finally:
-        preemption.close()
-        progress.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
-        writer.close()
+    while step < schedule.total_steps and not preempted:
+        batch = make_global_batch(next(run.loader), batch_sharding)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window.add(step, metrics)
+        log_now = schedule.due(step, schedule.log_every)
+        eval_now = schedule.due(step, schedule.eval_every)
+        preempted = run.preemption.reached(step)
+        save_now = schedule.due(step, schedule.checkpoint_every) or preempted
+        if log_now or eval_now or save_now:
+            window.check_finite()
+        if log_now:
+            window.log(step)
+        run.progress.update(1)
+        eval_results = None
+        if eval_now:
+            eval_results = results = run.evaluate(state)
+            run.writer.write(step, {"eval/p1": results["p1"], **_secondary(results)})
+        if save_now:
+            run.save(step, state, eval_results)
+    return state, step, results, preempted
 
-    if preempted:
-        return {"preempted": True, "steps": step, "wall_s": time.time() - start_time}
+
+def _finish(run: _Run, state: TrainState, step: int, results: dict | None) -> dict:
+    """The final results (evaluating ``state`` unless the last step was); process 0 writes
+    ``results.json`` and ``curves.png``."""
     if results is None:
-        results = evaluate(state)
+        results = run.evaluate(state)
     final = {
         "preempted": False,
         "p1": results["p1"],
         **_secondary(results, prefix=""),
-        "baseline_p1": baseline["p1"],
+        "baseline_p1": run.baseline["p1"],
         "steps": step,
-        "wall_s": time.time() - start_time,
+        "wall_s": time.time() - run.start_time,
         "eval": results,
     }
-    if is_writer:
-        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+    if run.is_writer:
+        with open(os.path.join(run.workdir, RESULTS_FILE), "w") as f:
             json.dump(final, f, indent=2)
-        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        metrics_path = os.path.join(run.workdir, "metrics.jsonl")
         if os.path.exists(metrics_path):
-            curves.plot_training_curves(metrics_path, os.path.join(workdir, CURVES_FILE))
+            curves.plot_training_curves(metrics_path, os.path.join(run.workdir, CURVES_FILE))
     return final
 
 

@@ -238,24 +238,40 @@ def abstract_train_step_args(
     return state, batch
 
 
-def train_step_peak_bytes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
-    """One chip's peak memory of ``train_step`` for ``config`` on ``mesh``, from compiling it.
+def program_peak_bytes(compile_fn: Callable[..., jax.stages.Compiled], args) -> int:
+    """One chip's peak memory of the program ``compile_fn(*args)`` compiles.
 
     A compile that runs out of the devices' memory gives the requirement its
-    error states plus the arguments (a lower bound: more than fits).
+    error states plus the arguments (a lower bound: more than fits); any other
+    compile error is raised.
+
+    Args:
+        compile_fn: lowers and compiles the program for ``args``.
+        args: the program's arguments, as (sharded) shapes or arrays.
     """
-    args = abstract_train_step_args(config, mesh)
     try:
-        # Under the mesh, as train_and_evaluate runs the step: the Pallas scan
-        # splits its kernels over it.
-        with jax.set_mesh(mesh):
-            compiled = train_step.lower(*args).compile()
-        return compiled_peak_bytes(compiled)
+        return compiled_peak_bytes(compile_fn(*args))
     except jax.errors.JaxRuntimeError as e:
         needed = required_bytes(e)
         if needed is None:
             raise
         return needed[0] + per_device_bytes(args)
+
+
+def train_step_peak_bytes(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, compiler_options: dict | None = None
+) -> int:
+    """One chip's peak memory of ``train_step`` for ``config`` on ``mesh``, from compiling it.
+
+    ``compiler_options`` go to XLA's compiler (``targets.compiler_options``
+    for a deviceless target). A compile that runs out of memory gives a lower
+    bound, as ``program_peak_bytes``.
+    """
+    args = abstract_train_step_args(config, mesh)
+    # Under the mesh, as train_and_evaluate runs the step: the Pallas scan
+    # splits its kernels over it.
+    with jax.set_mesh(mesh):
+        return program_peak_bytes(lambda *a: train_step.lower(*a).compile(compiler_options), args)
 
 
 def resolve_memory_settings(
