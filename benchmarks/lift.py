@@ -67,10 +67,15 @@ def main():
             for flip in (False, True):
                 baseline = None
                 for threads in args.threads:
-                    options = dict(flip_tta=flip, batch_size=batch_size, threads=threads, stride=stride)
-                    first = _timed(sequences.lift_sequence, model, inputs[: config.num_frames], **options)
+                    options = sequences.LiftOptions(
+                        flip_tta=flip, batch_size=batch_size, threads=threads, stride=stride
+                    )
+                    first = _timed(
+                        sequences.lift_sequence, model, inputs[: config.num_frames], options=options
+                    )
                     steady = [
-                        _timed(sequences.lift_sequence, model, inputs, **options) for _ in range(args.repeats)
+                        _timed(sequences.lift_sequence, model, inputs, options=options)
+                        for _ in range(args.repeats)
                     ]
                     best = min(steady)
                     baseline = baseline or best

@@ -1,6 +1,6 @@
 """Which way of lifting sequences shorter than the model is more accurate?
 
-`inference.lift_sequence` lifts a sequence of T < F frames (F = the model's
+`lifting.sequences.lift_sequence` lifts a sequence of T < F frames (F = the model's
 frames) either by resampling it to F frames and back (``"resample"``, the
 release's treatment of a video's tail) or by running the model on the T
 frames directly (``"direct"``; the model allows T <= F). This script cuts the
@@ -26,7 +26,7 @@ from sasmamba_jax import skeleton
 from sasmamba_jax.data.h36m import camera_resolutions, normalize_screen_coordinates, read_h36m_pickle
 from sasmamba_jax.evaluate import metrics
 from sasmamba_jax.io.loader import load_model
-from sasmamba_jax.lifting.sequences import SHORT_SEQUENCE_MODES, lift_sequence
+from sasmamba_jax.lifting.sequences import SHORT_SEQUENCE_MODES, LiftOptions, lift_sequence
 from sasmamba_jax.ops import BACKENDS
 
 
@@ -72,10 +72,12 @@ def main():
     if any(not 1 <= length < num_frames for length in lengths):
         parser.error(f"--lengths must be in [1, {num_frames - 1}] for this model")
     videos = list(_videos(read_h36m_pickle(args.data)["test"]))
-    options = {"flip_tta": not args.no_flip, "batch_size": 1}
+    options = LiftOptions(flip_tta=not args.no_flip, batch_size=1)
 
     def lift(inputs, mode):
-        return lift_sequence(model, inputs[..., : model.config.in_chans], short_sequence_mode=mode, **options)
+        return lift_sequence(
+            model, inputs[..., : model.config.in_chans], options=options, short_sequence_mode=mode
+        )
 
     print(
         f"model: {args.checkpoint} (F = {num_frames}), data: {args.data} test split, flip {not args.no_flip}"

@@ -12,7 +12,7 @@ from ml_collections import config_dict
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # SasMambaConfig fields (sasmamba_jax/model.py). The published small
+    # SasMambaConfig fields (sasmamba_jax/model/sasmamba.py). The published small
     # Human3.6M model.
     config.model = ml_collections.ConfigDict(
         dict(
@@ -25,7 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
             d_state=16,
             ssm_ratio=2.0,
             drop_path_rate=0.2,
-            # "auto" picks the back end measured fastest for the platform.
+            # "auto" picks the back end measured fastest for the platform:
+            # model.sasmamba.DEFAULT_SCAN, written out so that configs import
+            # no JAX (tests/test_load_defaults.py checks they agree).
             scan="auto",
             chunk_size=64,
             # "release": the release's backward of the stride scan (what its
@@ -34,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
             # Recompute block activations in the backward pass (less memory,
             # about one more forward pass of compute). None: on an
             # accelerator, True only if the step would not fit one chip
-            # otherwise (train_lib.resolve_memory_settings; the choice is
+            # otherwise (train.memory.resolve_memory_settings; the choice is
             # logged and saved with the config); on CPU False.
             remat=config_dict.placeholder(bool),
         )
@@ -43,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the scan's state stay float32).
     config.dtype = "float32"
     # Precision of float32 matmuls in training, evaluation and inference
-    # (eval_lib.MATMUL_PRECISIONS). "default" is the platform's, fastest:
+    # (model.precision.MATMUL_PRECISIONS). "default" is the platform's, fastest:
     # one bfloat16 pass on TPU, TF32 on recent NVIDIA GPUs, float32 on CPU.
     # "highest" computes in float32 everywhere, as the release does
     # (docs/guide.md, "Numerics on accelerators").

@@ -13,6 +13,7 @@ from sasmamba_jax import host_platform
 host_platform.use_cpu_without_accelerator()
 
 _EXPORTS = {
+    "LiftOptions": "sasmamba_jax.lifting.sequences",
     "SasMamba": "sasmamba_jax.model.sasmamba",
     "SasMambaConfig": "sasmamba_jax.model.sasmamba",
     "count_params": "sasmamba_jax.model.flops",

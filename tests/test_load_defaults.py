@@ -7,15 +7,20 @@ infer and export load with.
 import json
 
 import pytest
-from sasmamba_jax.configs import tiny
+from sasmamba_jax.configs import common, tiny
 
 from sasmamba_jax.cli import convert as convert_cli
 from sasmamba_jax.io import loader, model_dirs
 from sasmamba_jax.io.loader import DEFAULT_SCAN
+from sasmamba_jax.model.sasmamba import SasMambaConfig
 from sasmamba_jax.ops.selective_scan import resolve_backend
 from sasmamba_jax.train import checkpoints, recipe
 
 pytest.importorskip("torch")
+
+
+def test_configs_and_the_model_default_to_the_loaders_scan():
+    assert SasMambaConfig().scan == common.base_config().model.scan == DEFAULT_SCAN == "auto"
 
 
 def test_a_pth_loads_with_the_auto_scan_which_is_sequential_on_cpu(data_dir):

@@ -1,4 +1,4 @@
-"""Tests of sasmamba_jax.plotting: files written, fixed 3D box, input checks, curves."""
+"""Tests of lifting.pictures and train.curves: files written, fixed 3D box, input checks, curves."""
 
 import json
 
@@ -201,6 +201,13 @@ _GOOD_2D, _GOOD_3D = walking_sequence(4)
 def test_bad_inputs_raise(keypoints_2d, poses_3d, extra, message):
     with pytest.raises(ValueError, match=message):
         pictures.plot_frame(keypoints_2d, poses_3d, 0, **extra)
+
+
+def test_unknown_drawing_argument_raises(tmp_path):
+    with pytest.raises(TypeError, match="colour"):
+        pictures.plot_frame(_GOOD_2D, _GOOD_3D, 0, colour="red")
+    with pytest.raises(TypeError, match="colour"):
+        pictures.save_animation(tmp_path / "clip.gif", _GOOD_2D, _GOOD_3D, colour="red")
 
 
 @pytest.mark.parametrize("frame", [-1, 4, 1.0])

@@ -9,12 +9,8 @@ from sasmamba_jax.io import pytorch
 from sasmamba_jax.io.errors import CheckpointError
 from sasmamba_jax.io.model_dirs import CONFIG_FILE, PARAMS_DIR, build_model, load_params, read_model_config
 from sasmamba_jax.io.workdirs import CHECKPOINT_DIR, load_model_from_workdir
-from sasmamba_jax.model.sasmamba import SasMamba
+from sasmamba_jax.model.sasmamba import DEFAULT_SCAN, SasMamba
 from sasmamba_jax.parallel import sharding
-
-# What every loader runs the scan with unless told otherwise: the back end
-# measured fastest for the platform, whatever a file recorded.
-DEFAULT_SCAN = "auto"
 
 
 def load_model(

@@ -38,6 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from sasmamba_jax import skeleton
+from sasmamba_jax.lifting.keypoints import check_image_size
 
 _LEFT_COLOUR = "tab:blue"
 _RIGHT_COLOUR = "tab:orange"
@@ -79,19 +80,6 @@ def _check_pose_array(name: str, array, channels: Sequence[int]) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or infinite values")
     return array
-
-
-def _check_image_size(image_size) -> np.ndarray | None:
-    """Returns `image_size` as a float (2,) array [W, H], or None."""
-    if image_size is None:
-        return None
-    try:
-        size = np.asarray(image_size, dtype=np.float64)
-    except (TypeError, ValueError):
-        size = None
-    if size is None or size.shape != (2,) or not np.all(np.isfinite(size) & (size > 0)):
-        raise ValueError(f"image_size must be (W, H) with two positive numbers, got {image_size!r}")
-    return size
 
 
 def _check_sequences(keypoints_2d, poses_3d, ground_truth_3d):
@@ -356,9 +344,21 @@ def _move_pose_3d(bone_lines, joint_markers, pose):
 
 
 def _build_pose_figure(
-    keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids=None
-):
-    image_size = _check_image_size(image_size)
+    keypoints_2d,
+    poses_3d,
+    *,
+    ground_truth_3d=None,
+    image_size=None,
+    title: str | None = None,
+    length_unit: str = "mm",
+    person_ids=None,
+) -> _PoseFigure:
+    """The checked figure of `plot_frame`, `save_frame` and `save_animation`.
+
+    Its keyword arguments are the drawing arguments the three share,
+    documented in `plot_frame`; they pass them on as ``**drawing``.
+    """
+    image_size = None if image_size is None else np.asarray(check_image_size(image_size))
     if np.ndim(poses_3d) == 4:
         if ground_truth_3d is not None:
             raise ValueError("ground_truth_3d is drawn for a single person only")
@@ -370,17 +370,7 @@ def _build_pose_figure(
     return _PoseFigure(keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids)
 
 
-def plot_frame(
-    keypoints_2d,
-    poses_3d,
-    frame: int,
-    *,
-    ground_truth_3d=None,
-    image_size=None,
-    title: str | None = None,
-    length_unit: str = "mm",
-    person_ids=None,
-) -> Figure:
+def plot_frame(keypoints_2d, poses_3d, frame: int, **drawing) -> Figure:
     """Draws one frame: the 2D input on the left, the lifted 3D pose on the right.
 
     The 3D panel is a cube fitted to the whole sequence (prediction and ground
@@ -392,6 +382,8 @@ def plot_frame(
         normalised coordinates; y points down in both.
       poses_3d: (T, J, 3) root-relative poses in the camera frame (y down).
       frame: index in [0, T) of the frame to draw.
+      **drawing: the keyword arguments below, all optional, which `save_frame`
+        and `save_animation` take too:
       ground_truth_3d: optional (T, J, 3) poses drawn dashed in a second colour
         on the same 3D axes.
       image_size: optional (W, H) in pixels; the 2D panel then shows the image.
@@ -406,45 +398,26 @@ def plot_frame(
     Raises:
       ValueError: on wrong shapes, mismatched frame counts, non-finite values,
         a bad `image_size` or an out-of-range `frame`.
+      TypeError: a keyword argument not listed above.
     """
-    pose_figure = _build_pose_figure(
-        keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids
-    )
+    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, **drawing)
     pose_figure.show_frame(_check_frame(frame, pose_figure.num_frames))
     return pose_figure.figure
 
 
 def save_frame(
-    path: str | os.PathLike,
-    keypoints_2d,
-    poses_3d,
-    frame: int,
-    *,
-    ground_truth_3d=None,
-    image_size=None,
-    title: str | None = None,
-    length_unit: str = "mm",
-    person_ids=None,
-    dpi: int = 100,
+    path: str | os.PathLike, keypoints_2d, poses_3d, frame: int, *, dpi: int = 100, **drawing
 ) -> str:
     """Writes `plot_frame(...)` to a PNG file and returns the path written.
 
     Args:
       path: output file; PNG is written whatever the suffix.
-      keypoints_2d, poses_3d, frame, ground_truth_3d, image_size, title,
-        length_unit, person_ids: as in `plot_frame`.
+      keypoints_2d, poses_3d, frame: as in `plot_frame`.
       dpi: resolution of the PNG.
+      **drawing: ground_truth_3d, image_size, title, length_unit, person_ids,
+        as in `plot_frame`.
     """
-    figure = plot_frame(
-        keypoints_2d,
-        poses_3d,
-        frame,
-        ground_truth_3d=ground_truth_3d,
-        image_size=image_size,
-        title=title,
-        length_unit=length_unit,
-        person_ids=person_ids,
-    )
+    figure = plot_frame(keypoints_2d, poses_3d, frame, **drawing)
     figure.savefig(path, format="png", dpi=dpi)
     return os.fspath(path)
 
@@ -469,14 +442,10 @@ def save_animation(
     keypoints_2d,
     poses_3d,
     *,
-    ground_truth_3d=None,
-    image_size=None,
     fps: float = 25,
     max_frames: int | None = None,
-    title: str | None = None,
-    length_unit: str = "mm",
-    person_ids=None,
     dpi: int = 80,
+    **drawing,
 ) -> str:
     """Writes the sequence as an animated GIF, or as MP4 when `path` ends in .mp4.
 
@@ -485,12 +454,13 @@ def save_animation(
 
     Args:
       path: output file ending in .gif (Pillow) or .mp4 (needs ffmpeg).
-      keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit,
-        person_ids: as in `plot_frame`; the shapes are (T, J, 2|3) and
-        (T, J, 3), or (P, T, J, 2|3) and (P, T, J, 3) with `person_ids`.
+      keypoints_2d, poses_3d: as in `plot_frame`; the shapes are (T, J, 2|3)
+        and (T, J, 3), or (P, T, J, 2|3) and (P, T, J, 3) with `person_ids`.
       fps: frames per second of the movie.
       max_frames: if given, only the first `max_frames` frames are written.
       dpi: resolution of each movie frame.
+      **drawing: ground_truth_3d, image_size, title, length_unit, person_ids,
+        as in `plot_frame`.
 
     Returns:
       `path`, as a string.
@@ -508,9 +478,7 @@ def save_animation(
     ):
         raise ValueError(f"max_frames must be a positive integer or None, got {max_frames!r}")
     writer = _movie_writer(path, fps)
-    pose_figure = _build_pose_figure(
-        keypoints_2d, poses_3d, ground_truth_3d, image_size, title, length_unit, person_ids
-    )
+    pose_figure = _build_pose_figure(keypoints_2d, poses_3d, **drawing)
     num_frames = (
         pose_figure.num_frames if max_frames is None else min(pose_figure.num_frames, int(max_frames))
     )

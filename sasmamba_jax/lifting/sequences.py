@@ -20,6 +20,7 @@ from flax import nnx
 from sasmamba_jax import skeleton
 from sasmamba_jax.lifting.keypoints import check_image_size, prepare_keypoints
 from sasmamba_jax.model.forward import predict_batch
+from sasmamba_jax.model.precision import check_matmul_precision
 from sasmamba_jax.model.sasmamba import SasMamba, check_input_shape
 from sasmamba_jax.parallel import sharding
 
@@ -86,6 +87,70 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class LiftOptions:
+    """How sequences are cut into windows and run through the model; checked when built.
+
+    Every lifting function (`lift`, `lift_sequence`, `lift_sequences`,
+    `lift_people`) takes one as ``options=``, and any of its fields as
+    keyword overrides: ``lift(model, x, batch_size=8)`` is
+    ``lift(model, x, options=LiftOptions(batch_size=8))``.
+
+    Attributes:
+        flip_tta: average with the output on the mirrored input, mirrored
+            back (the release's test-time augmentation); doubles the work.
+        flip_permutation: joint permutation that mirrors a pose; the default
+            is Human3.6M's, pass `data.mpi3dhp.FLIP_PERMUTATION` for a model
+            trained on MPI-INF-3DHP joints.
+        batch_size: windows per forward call; 1 (fastest on CPU) by default,
+            raise it on accelerators. Rounded up to a multiple of the devices
+            the model's parameters live on: one call splits its windows over them.
+        threads: forward calls in flight at once (`DEFAULT_THREADS`); the
+            result does not depend on it.
+        stride: frames between window starts of long sequences; None for
+            F // 2 (every frame is in about two windows). At most the model's
+            frames F, which is checked when lifting.
+        short_sequence_mode: ``"resample"`` or ``"direct"``, for sequences
+            shorter than F (see `lift_sequence`).
+        progress: show a tqdm progress bar when there is more than one batch.
+        matmul_precision: float32 matmul precision (``precision.MATMUL_PRECISIONS``),
+            or None for the caller's (``jax.default_matmul_precision``).
+
+    Raises:
+        ValueError: a non-positive batch_size, threads or stride, an unknown
+            short_sequence_mode or matmul_precision.
+    """
+
+    flip_tta: bool = True
+    flip_permutation: tuple[int, ...] = skeleton.FLIP_PERMUTATION
+    batch_size: int = DEFAULT_BATCH_SIZE
+    threads: int = DEFAULT_THREADS
+    stride: int | None = None
+    short_sequence_mode: str = "resample"
+    progress: bool = False
+    matmul_precision: str | None = None
+
+    def __post_init__(self):
+        # Frozen: the normalised values are set as dataclasses' own __init__ does.
+        object.__setattr__(self, "flip_permutation", tuple(int(j) for j in self.flip_permutation))
+        object.__setattr__(self, "batch_size", _check_positive_int("batch_size", self.batch_size))
+        object.__setattr__(self, "threads", _check_positive_int("threads", self.threads))
+        if self.stride is not None:
+            object.__setattr__(self, "stride", _check_positive_int("stride", self.stride))
+        if self.short_sequence_mode not in SHORT_SEQUENCE_MODES:
+            raise ValueError(
+                f"unknown short_sequence_mode {self.short_sequence_mode!r}; "
+                f"expected one of {SHORT_SEQUENCE_MODES}"
+            )
+        if self.matmul_precision is not None:
+            check_matmul_precision(self.matmul_precision)
+
+
+def _with_overrides(options: LiftOptions | None, overrides: dict) -> LiftOptions:
+    """`options` (None: `LiftOptions()`) with the fields in `overrides` replaced; TypeError on others."""
+    return dataclasses.replace(LiftOptions() if options is None else options, **overrides)
+
+
 def _check_sequence_input(inputs, config) -> np.ndarray:
     """Returns `inputs` as float32 (T, 17, in_chans) after checking it."""
     inputs = np.asarray(inputs, np.float32)
@@ -113,31 +178,21 @@ def _batches_of_windows(windows: list[np.ndarray], batch_size: int) -> list[np.n
 
 
 def lift_sequences(
-    model: SasMamba,
-    sequences,
-    *,
-    flip_tta: bool = True,
-    flip_permutation: tuple[int, ...] = skeleton.FLIP_PERMUTATION,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    threads: int = DEFAULT_THREADS,
-    stride: int | None = None,
-    short_sequence_mode: str = "resample",
-    progress: bool = False,
-    matmul_precision: str | None = None,
+    model: SasMamba, sequences, *, options: LiftOptions | None = None, **overrides
 ) -> list[np.ndarray]:
     """Lifts several model-ready sequences of any lengths through the same jitted windows.
 
     Every sequence is cut into windows as `lift_sequence` cuts one; the
     windows of all sequences go through the jitted forward together, in
-    batches of `batch_size` (a batch may hold windows of different
+    batches of ``options.batch_size`` (a batch may hold windows of different
     sequences), so several people cost no more compilations than one.
 
     Args:
         model: a SasMamba.
         sequences: a list of (T_i, 17, in_chans) normalised keypoints, each
             T_i >= 1, nothing missing.
-        flip_tta, flip_permutation, batch_size, threads, stride,
-        short_sequence_mode, progress, matmul_precision: see `lift_sequence`.
+        options: a `LiftOptions`, or None for the defaults.
+        **overrides: `LiftOptions` fields replacing those of `options`.
 
     Returns:
         A list of (T_i, 17, 3) float32 poses, one per sequence.
@@ -146,17 +201,12 @@ def lift_sequences(
         ValueError: no sequences, or any bad sequence or option (see
             `lift_sequence`).
     """
+    options = _with_overrides(options, overrides)
     config = model.config
     if len(sequences) == 0:
         raise ValueError("no sequences to lift")
     sequences = [_check_sequence_input(inputs, config) for inputs in sequences]
-    if short_sequence_mode not in SHORT_SEQUENCE_MODES:
-        raise ValueError(
-            f"unknown short_sequence_mode {short_sequence_mode!r}; expected one of {SHORT_SEQUENCE_MODES}"
-        )
-    batch_size = _check_positive_int("batch_size", batch_size)
-    threads = _check_positive_int("threads", threads)
-    stride = max(config.num_frames // 2, 1) if stride is None else _check_positive_int("stride", stride)
+    stride = max(config.num_frames // 2, 1) if options.stride is None else options.stride
     if stride > config.num_frames:
         raise ValueError(f"stride {stride} is larger than the model's {config.num_frames} frames")
 
@@ -166,12 +216,12 @@ def lift_sequences(
     windows = [
         window + start
         for start, sequence in zip(starts, sequences)
-        for window in window_indices(len(sequence), config.num_frames, stride, short_sequence_mode)
+        for window in window_indices(len(sequence), config.num_frames, stride, options.short_sequence_mode)
     ]
-    permutation = tuple(int(j) for j in flip_permutation) if flip_tta else None
+    permutation = options.flip_permutation if options.flip_tta else None
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     mesh = sharding.params_mesh(params)
-    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    batch_size = -(-options.batch_size // mesh.devices.size) * mesh.devices.size
     batches = _batches_of_windows(windows, batch_size)
 
     def forward(batch: np.ndarray) -> np.ndarray:
@@ -183,13 +233,13 @@ def lift_sequences(
             padded,
             flip_permutation=permutation,
             mesh=mesh,
-            matmul_precision=matmul_precision,
+            matmul_precision=options.matmul_precision,
         )
         return predictions[: len(batch)]
 
     total = np.zeros((len(inputs), config.num_joints, 3), np.float64)
-    bar = tqdm.tqdm(total=len(batches), disable=not progress or len(batches) < 2, unit="batch")
-    with bar, concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    bar = tqdm.tqdm(total=len(batches), disable=not options.progress or len(batches) < 2, unit="batch")
+    with bar, concurrent.futures.ThreadPoolExecutor(options.threads) as pool:
         # The first call compiles alone, so that two threads never compile the same program.
         first_result = forward(batches[0])
         # Summed in window order whatever the threads do: the result is reproducible.
@@ -202,23 +252,11 @@ def lift_sequences(
     return [poses[start:stop] for start, stop in zip(starts[:-1], starts[1:])]
 
 
-def lift_sequence(
-    model: SasMamba,
-    inputs,
-    *,
-    flip_tta: bool = True,
-    flip_permutation: tuple[int, ...] = skeleton.FLIP_PERMUTATION,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    threads: int = DEFAULT_THREADS,
-    stride: int | None = None,
-    short_sequence_mode: str = "resample",
-    progress: bool = False,
-    matmul_precision: str | None = None,
-) -> np.ndarray:
+def lift_sequence(model: SasMamba, inputs, *, options: LiftOptions | None = None, **overrides) -> np.ndarray:
     """Lifts a model-ready sequence of any length (see `lift` for raw keypoints).
 
     The sequence is cut into windows of the model's frames F (`window_indices`)
-    run in batches of `batch_size` windows, the last batch padded, so the
+    run in batches of ``options.batch_size`` windows, the last batch padded, so the
     jitted forward always sees (batch_size, F, 17, C) and a new sequence
     length never compiles again. Each frame's output is the mean over the
     windows (and, when resampled, the positions) that contain it.
@@ -234,22 +272,10 @@ def lift_sequence(
         model: a SasMamba (its train/eval mode is left untouched; eval is used).
         inputs: (T, 17, in_chans) normalised keypoints (x, y[, confidence]),
             T >= 1, nothing missing.
-        flip_tta: average with the output on the mirrored input, mirrored
-            back (the release's test-time augmentation); doubles the work.
-        flip_permutation: joint permutation that mirrors a pose; the default
-            is Human3.6M's, pass `data.mpi3dhp.FLIP_PERMUTATION` for a model
-            trained on MPI-INF-3DHP joints.
-        batch_size: windows per forward call; 1 (fastest on CPU) by default,
-            raise it on accelerators. Rounded up to a multiple of the devices
-            the model's parameters live on: one call splits its windows over them.
-        threads: forward calls in flight at once (`DEFAULT_THREADS`); the
-            result does not depend on it.
-        stride: frames between window starts of long sequences; F // 2 by
-            default (every frame is in about two windows).
-        short_sequence_mode: ``"resample"`` or ``"direct"``, for T < F.
-        progress: show a tqdm progress bar when there is more than one batch.
-        matmul_precision: float32 matmul precision (``eval_lib.MATMUL_PRECISIONS``),
-            or None for the caller's (``jax.default_matmul_precision``).
+        options: a `LiftOptions` (flip averaging, batch size, threads,
+            stride, short sequence mode, progress bar, matmul precision), or
+            None for the defaults.
+        **overrides: `LiftOptions` fields replacing those of `options`.
 
     Returns:
         (T, 17, 3) float32 root-relative 3D poses in the model's normalised
@@ -260,19 +286,9 @@ def lift_sequence(
     Raises:
         ValueError: wrong shape, channels that do not match the model, no
             frames, non-finite values or bad options.
+        TypeError: an override that is no `LiftOptions` field.
     """
-    return lift_sequences(
-        model,
-        [inputs],
-        flip_tta=flip_tta,
-        flip_permutation=flip_permutation,
-        batch_size=batch_size,
-        threads=threads,
-        stride=stride,
-        short_sequence_mode=short_sequence_mode,
-        progress=progress,
-        matmul_precision=matmul_precision,
-    )[0]
+    return lift_sequences(model, [inputs], options=options, **overrides)[0]
 
 
 def lift(
@@ -282,13 +298,8 @@ def lift(
     keypoint_format: str = "h36m",
     image_size=None,
     confidences=None,
-    flip_tta: bool = True,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    threads: int = DEFAULT_THREADS,
-    stride: int | None = None,
-    short_sequence_mode: str = "resample",
-    progress: bool = False,
-    matmul_precision: str | None = None,
+    options: LiftOptions | None = None,
+    **overrides,
 ) -> np.ndarray:
     """Lifts a 2D keypoint sequence of any length, e.g. a detector's output, to 3D.
 
@@ -309,8 +320,9 @@ def lift(
         image_size: (W, H) of the video in pixels, or None.
         confidences: optional (T, K) confidences for (T, K, 2) keypoints;
             required (one way or the other) by 3-channel models.
-        flip_tta, batch_size, threads, stride, short_sequence_mode, progress,
-            matmul_precision: see `lift_sequence`.
+        options: a `LiftOptions`, or None for the defaults.
+        **overrides: `LiftOptions` fields replacing those of `options`,
+            e.g. ``batch_size=8, flip_tta=False``.
 
     Returns:
         (T, 17, 3) float32 root-relative 3D poses in the model's normalised
@@ -322,21 +334,13 @@ def lift(
         ValueError: bad keypoints (wrong joint or channel count, no frames, a
             joint missing in every frame), a bad image size, a model that
             needs confidences without them, or bad options.
+        TypeError: an override that is no `LiftOptions` field.
     """
+    options = _with_overrides(options, overrides)
     prepared = prepare_keypoints(
         keypoints_2d, keypoint_format=keypoint_format, image_size=image_size, confidences=confidences
     )
-    return lift_sequence(
-        model,
-        prepared.model_input(model.config.in_chans),
-        flip_tta=flip_tta,
-        batch_size=batch_size,
-        threads=threads,
-        stride=stride,
-        short_sequence_mode=short_sequence_mode,
-        progress=progress,
-        matmul_precision=matmul_precision,
-    )
+    return lift_sequence(model, prepared.model_input(model.config.in_chans), options=options)
 
 
 # Tracks seen in fewer frames are detector noise more often than people.
@@ -376,7 +380,8 @@ def lift_people(
     keypoint_format: str = "h36m",
     image_size=None,
     min_track_frames: int = MIN_TRACK_FRAMES,
-    **lift_options,
+    options: LiftOptions | None = None,
+    **overrides,
 ) -> LiftedPeople:
     """Lifts every person of a video, each through the same jitted windows.
 
@@ -394,8 +399,8 @@ def lift_people(
         keypoint_format: a key of `keypoints.LAYOUTS`.
         image_size: (W, H) in pixels, or None for normalised keypoints.
         min_track_frames: the fewest detected frames a track needs.
-        **lift_options: flip_tta, batch_size, threads, stride,
-            short_sequence_mode, progress, matmul_precision (see `lift_sequence`).
+        options: a `LiftOptions`, or None for the defaults.
+        **overrides: `LiftOptions` fields replacing those of `options`.
 
     Returns:
         A `LiftedPeople` holding the people lifted, in the order given.
@@ -403,7 +408,9 @@ def lift_people(
     Raises:
         ValueError: a wrong shape, ids that do not match, every track too
             short, or bad keypoints or options (see `lift`).
+        TypeError: an override that is no `LiftOptions` field.
     """
+    options = _with_overrides(options, overrides)
     keypoints_2d = np.asarray(keypoints_2d, np.float64)
     person_ids = tuple(int(i) for i in person_ids)
     if keypoints_2d.ndim != 4 or len(person_ids) != len(keypoints_2d):
@@ -434,7 +441,7 @@ def lift_people(
             prepare_keypoints(keypoints_2d[p, span], keypoint_format=keypoint_format, image_size=image_size)
         )
     poses = lift_sequences(
-        model, [person.model_input(model.config.in_chans) for person in prepared], **lift_options
+        model, [person.model_input(model.config.in_chans) for person in prepared], options=options
     )
 
     def gather(parts, fill, dtype):

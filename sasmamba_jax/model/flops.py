@@ -77,15 +77,3 @@ def model_macs(config: SasMambaConfig, num_frames: int | None = None) -> dict[st
     counts["head"] = positions * config.dim * 3
     counts["total"] = sum(counts.values())
     return counts
-
-
-def profiler_style_macs(config: SasMambaConfig, num_frames: int | None = None) -> int:
-    """MACs a layer-hook profiler counts: Linear and Conv2d layers only."""
-    counts = model_macs(config, num_frames)
-    return sum(counts[name] for name in ("in_proj", "offset_conv", "out_proj", "mlp", "embed", "head"))
-
-
-def scan_state_elements(config: SasMambaConfig, num_frames: int | None = None) -> int:
-    """Numbers the selective scan touches per clip and block: K * E * L * N."""
-    num_frames = num_frames or config.num_frames
-    return NUM_DIRECTIONS * config.inner_dim * num_frames * config.num_joints * config.d_state

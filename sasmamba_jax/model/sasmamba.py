@@ -31,6 +31,11 @@ from sasmamba_jax.ops import (
 from sasmamba_jax.ops.stride_scan import NUM_DIRECTIONS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The scan back end of a config that names none, and of every loaded model
+# (io.loader.load_model): the one measured fastest for the platform
+# (ops.selective_scan.AUTO_BACKENDS). "associative" stores every state, at
+# least 182 GB per chip for the published training step (docs/tpu.md).
+DEFAULT_SCAN = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,7 @@ class SasMambaConfig:
     d_state: int = 16
     ssm_ratio: float = 2.0
     drop_path_rate: float = 0.2
-    scan: str = "associative"
+    scan: str = DEFAULT_SCAN
     chunk_size: int = 64
     stride_grad: str = "release"
     # Recompute each block's activations in the backward pass instead of
