@@ -241,7 +241,7 @@ def test_cli_lifts_every_person_as_lifting_them_directly(
     out = tmp_path / "out.npz"
     status = infer.main(
         f"--checkpoint {model_dir} --input {path} --image-size {IMAGE_SIZE[0]} {IMAGE_SIZE[1]} "
-        f"--no-flip --output {out}".split()
+        f"--no-flip-tta --output {out}".split()
     )
     assert status == 0, capsys.readouterr().err
     result = np.load(out)
@@ -264,7 +264,7 @@ def test_cli_person_picks_one_track(tmp_path, people, model_dir, direct_lifts):
     path = write_mmpose(tmp_path / "p.json", people, "coco")
     out = tmp_path / "out.npz"
     status = infer.main(
-        f"--checkpoint {model_dir} --input {path} --format mmpose --image-size 1000 1002 --no-flip "
+        f"--checkpoint {model_dir} --input {path} --format mmpose --image-size 1000 1002 --no-flip-tta "
         f"--person 7 --output {out} --plot {tmp_path / 'p7.png'} --plot-frame 2".split()
     )
     assert status == 0
@@ -398,7 +398,7 @@ def test_unknown_person_is_an_error_listing_the_ids(tmp_path, people, capsys):
 def test_cli_exports_a_bvh_per_person_and_one_csv(tmp_path, people, model_dir, capsys):
     path = write_alphapose(tmp_path / "a.json", people, "halpe26")
     out = tmp_path / "out.npz"
-    common = f"--checkpoint {model_dir} --input {path} --image-size 1000 1002 --no-flip --output {out}"
+    common = f"--checkpoint {model_dir} --input {path} --image-size 1000 1002 --no-flip-tta --output {out}"
     err = _one_line_error(capsys, f"{common} --bvh {tmp_path / 'one.bvh'}")
     assert "2 people need one file each" in err and not out.exists()
     assert infer.main(f"{common} --bvh {tmp_path}/person_{{id}}.bvh --csv {tmp_path / 'p.csv'}".split()) == 0
@@ -411,3 +411,125 @@ def test_cli_exports_a_bvh_per_person_and_one_csv(tmp_path, people, model_dir, c
     person, frame, joint, *xyz = rows[1 + FRAMES * 17 + 5 * 17 + 16].split(",")
     assert (person, frame, joint) == ("7", "5", "right_wrist")
     np.testing.assert_allclose([float(v) for v in xyz], poses_px[1, 5, 16], rtol=1e-5, atol=1e-4)
+
+
+# AlphaPose without --pose_track: ``idx`` is pose NMS's list of merged box ids.
+UNTRACKED_IDX = ([[0.0], [0.0]], [0.0], [[0.0]])
+SPURIOUS_FRAME = 12
+
+
+def write_alphapose_untracked(path, poses, extra=()):
+    """AlphaPose's own untracked form: one person `poses` (T, 17, 2), plus (frame, pose, score) extras."""
+    rows = [(frame, pose, 2.5) for frame, pose in enumerate(poses)] + list(extra)
+    results = []
+    for k, (frame, pose, score) in enumerate(sorted(rows, key=lambda row: row[0])):
+        points = _layout_points(pose, "halpe26")
+        results.append(
+            {
+                "image_id": f"{frame}.jpg",
+                "category_id": 1,
+                "keypoints": _flat(points),
+                "score": score,
+                "box": [*points.min(axis=0), *(points.max(axis=0) - points.min(axis=0))],
+                "idx": UNTRACKED_IDX[k % len(UNTRACKED_IDX)],
+            }
+        )
+    path.write_text(json.dumps(results))
+    return path
+
+
+def _read_h36m(detections):
+    assert detections.person_ids == (detector_files.UNTRACKED_ID,)
+    xy, _ = keypoints.to_h36m(detections.keypoints[0, :, :, :2], None, detections.keypoint_format)
+    return xy
+
+
+def test_untracked_alphapose_drops_a_spurious_detection(tmp_path, people):
+    # The spurious detection (another person, elsewhere) has the higher score: it must lose on distance.
+    spurious = [(SPURIOUS_FRAME, people[1, SPURIOUS_FRAME], 3.5)]
+    path = write_alphapose_untracked(tmp_path / "alphapose-results.json", people[0], spurious)
+    with pytest.warns(
+        UserWarning, match=r"1 frame\(s\) with several detections.*dropped 1 detection"
+    ) as caught:
+        detections = detector_files.read_alphapose(path)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert detections.present.all()
+    np.testing.assert_allclose(_read_h36m(detections), people[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("frame", [0, FRAMES - 1])
+def test_untracked_extra_detection_in_the_first_or_last_frame(frame, tmp_path, people):
+    path = write_alphapose_untracked(tmp_path / "a.json", people[0], [(frame, people[1, frame], 3.5)])
+    with pytest.warns(UserWarning, match=r"1 frame\(s\)"):
+        detections = detector_files.read_alphapose(path)
+    np.testing.assert_allclose(_read_h36m(detections), people[0], atol=1e-9)
+
+
+def test_untracked_duplicates_of_the_person_are_a_tie_won_by_the_score(tmp_path, people):
+    # Two detections of the same person, a few pixels apart: the better-scored one is kept.
+    duplicate = people[0, SPURIOUS_FRAME] + [4.0, -3.0]
+    path = write_alphapose_untracked(tmp_path / "a.json", people[0], [(SPURIOUS_FRAME, duplicate, 3.5)])
+    with pytest.warns(UserWarning):
+        xy = _read_h36m(detector_files.read_alphapose(path))
+    np.testing.assert_allclose(xy[SPURIOUS_FRAME], duplicate, atol=1e-9)
+    np.testing.assert_allclose(
+        np.delete(xy, SPURIOUS_FRAME, 0), np.delete(people[0], SPURIOUS_FRAME, 0), atol=1e-9
+    )
+
+
+def test_untracked_alphapose_with_one_detection_a_frame_is_one_person(tmp_path, people, recwarn):
+    path = write_alphapose_untracked(tmp_path / "a.json", people[0])
+    np.testing.assert_allclose(_read_h36m(detector_files.read_alphapose(path)), people[0], atol=1e-9)
+    assert not recwarn.list
+
+
+def test_untracked_alphapose_lifts_as_the_person_alone(tmp_path, people, model_dir, direct_lifts, capsys):
+    spurious = [(SPURIOUS_FRAME, people[1, SPURIOUS_FRAME], 3.5)]
+    path = write_alphapose_untracked(tmp_path / "alphapose-results.json", people[0], spurious)
+    out = tmp_path / "out.npz"
+    arguments = (
+        f"--checkpoint {model_dir} --input {path} --format alphapose --image-size {IMAGE_SIZE[0]} "
+        f"{IMAGE_SIZE[1]} --no-flip-tta --output {out}"
+    )
+    assert infer.main(arguments.split()) == 0
+    # The CLI shows the reader's warning as one line.
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "1 frame(s) with several detections" in warning[0]
+    result = np.load(out)
+    np.testing.assert_array_equal(result["person_ids"], [detector_files.UNTRACKED_ID])
+    np.testing.assert_allclose(result["poses_3d"][0], direct_lifts[0], atol=1e-5)
+
+
+def test_untracked_people_overlapping_throughout_ask_for_pose_track(tmp_path, people, capsys):
+    extra = [(frame, pose, 2.0) for frame, pose in enumerate(people[1])]
+    path = write_alphapose_untracked(tmp_path / "a.json", people[0], extra)
+    err = _one_line_error(
+        capsys, f"--checkpoint x --input {path} --image-size 1000 1002 --output {tmp_path / 'o.npz'}"
+    )
+    assert "2 people and no track ids" in err and f"{FRAMES} of the {FRAMES} frames" in err
+    assert "tracked output" in err and "--pose_track" in err
+
+
+def test_a_long_run_of_several_untracked_people_asks_for_tracking(tmp_path, people, monkeypatch):
+    monkeypatch.setattr(detector_files, "UNTRACKED_MAX_SEVERAL_RUN", 3)
+    monkeypatch.setattr(detector_files, "UNTRACKED_MAX_SEVERAL_FRACTION", 0.5)
+    run = [(frame, people[1, frame], 2.0) for frame in range(10, 14)]
+    path = write_alphapose_untracked(tmp_path / "a.json", people[0], run)
+    with pytest.raises(ValueError, match=r"4 frames in a row from frame 10.jpg have several.*--pose_track"):
+        detector_files.read_alphapose(path)
+    write_alphapose_untracked(path, people[0], run[:3])
+    with pytest.warns(UserWarning, match=r"3 frame\(s\)"):
+        np.testing.assert_allclose(_read_h36m(detector_files.read_alphapose(path)), people[0], atol=1e-9)
+
+
+def test_tracked_alphapose_is_read_by_its_integer_ids_without_warnings(tmp_path, people, recwarn):
+    path = write_alphapose(tmp_path / "a.json", people, "halpe26")
+    detections = detector_files.read_alphapose(path)
+    assert detections.person_ids == PERSON_IDS and not recwarn.list
+    content = json.loads(path.read_text())
+    content[3]["idx"] = 2.5
+    path.write_text(json.dumps(content))
+    with pytest.raises(
+        ValueError, match=r"detection 3 \(image 3.jpg\): the track id must be an integer, got 2.5"
+    ):
+        detector_files.read_alphapose(path)

@@ -11,9 +11,13 @@ Schemas, as the tools document and write them:
   ``{"image_id": "12.jpg", "keypoints": [x1, y1, c1, ..., xK, yK, cK],
   "score": s, "idx": track_id, ...}`` with K = 26 (Halpe-26) or 17 (COCO)
   (MVIG-SJTU/AlphaPose docs/output.md; ``idx`` is the pose tracker's person
-  id, which MotionBERT's ``infer_wild.py --focus`` selects on). In video
-  mode AlphaPose names frame i ``"i.jpg"``; frames nobody was found in do not
-  appear.
+  id, an integer, which MotionBERT's ``infer_wild.py --focus`` selects on).
+  Without ``--pose_track`` AlphaPose still writes ``idx``, but as the list
+  of the detector boxes pose NMS merged into the pose, e.g. ``[[0.0],
+  [0.0]]`` or ``[0.0]`` (alphapose/utils/pPose_nms.py ``pose_nms_body``:
+  ``ori_bbox_ids[merge_id].tolist()``): a list-valued ``idx`` is no track
+  id. In video mode AlphaPose names frame i ``"i.jpg"``; frames nobody was
+  found in do not appear.
 * OpenPose (``--format openpose``): a folder of per-frame
   ``<video>_<frame>_keypoints.json`` files from ``--write_json``, each
   ``{"version": 1.3, "people": [{"person_id": [-1], "pose_keypoints_2d":
@@ -31,8 +35,16 @@ Schemas, as the tools document and write them:
   mmpose/structures/utils.py ``split_instances``; ``track_id`` is present
   only when the predictions were tracked, e.g. by the 3D inferencer).
 
-Untracked files (no ids) are read only when no frame holds more than one
-person: with several people, nothing says who is who across frames.
+Untracked files (no ids) are read as one person, id `UNTRACKED_ID`. A
+frame with several detections keeps the one that continues the person:
+the smallest distance of its keypoints to the kept pose of the nearest
+earlier frame and to the next frame with a single detection, in units of
+that pose's size; candidates within `UNTRACKED_TIE_DISTANCE` of the
+closest are a tie, won by the detection score. A warning gives the number
+of such frames. When several people really are there, nothing says who is
+who across frames, so the file is refused, asking for tracked output, once
+more than `UNTRACKED_MAX_SEVERAL_FRACTION` of the frames with detections,
+or more than `UNTRACKED_MAX_SEVERAL_RUN` frames in a row, hold several.
 
 Letters: P people, T frames, K keypoints.
 """
@@ -41,6 +53,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -55,6 +68,14 @@ _LAYOUTS_BY_COUNT = {
     "mmpose": {17: "coco", 133: "wholebody133"},
 }
 UNTRACKED_ID = 0
+# Untracked files are one person unless more than this fraction of the frames
+# with detections hold several (a spurious detection now and then is dropped)...
+UNTRACKED_MAX_SEVERAL_FRACTION = 0.1
+# ... or more than this many frames in a row do (about a second of video).
+UNTRACKED_MAX_SEVERAL_RUN = 25
+# Candidates whose distance to the person's neighbouring poses is within this
+# many person sizes of the closest one's are a tie, broken by detection score.
+UNTRACKED_TIE_DISTANCE = 0.1
 _TRACKING_HINTS = {
     "alphapose": "AlphaPose with --pose_track or --pose_flow writes idx",
     "openpose": "OpenPose with --tracking writes person_id",
@@ -93,6 +114,16 @@ class _Detection:
     person_id: int | None
     values: np.ndarray
     where: str
+    score: float | None = None  # the detector's, if it writes one
+
+    @property
+    def confidence(self) -> float:
+        """The detection score, else the mean keypoint confidence (for choosing among untracked ones)."""
+        if self.score is not None:
+            return self.score
+        confidences = self.values[2::3]
+        confidences = confidences[np.isfinite(confidences)]
+        return float(confidences.mean()) if len(confidences) else 0.0
 
 
 def _natural_key(name: str) -> list:
@@ -147,6 +178,104 @@ def _layout_of(detections: list[_Detection], file_format: str) -> tuple[str, int
     return layouts[count], count
 
 
+def _longest_run(frames: np.ndarray) -> tuple[int, int]:
+    """Length and first frame of the longest run of consecutive numbers in sorted `frames`."""
+    breaks = np.flatnonzero(np.diff(frames) != 1) + 1
+    runs = np.split(frames, breaks)
+    longest = max(runs, key=len)
+    return len(longest), int(longest[0])
+
+
+def _pose(detection: _Detection, count: int) -> np.ndarray:
+    """(K, 2) keypoints, NaN where the detector did not find the point (confidence 0 or missing)."""
+    points = detection.values.reshape(count, 3)
+    xy = points[:, :2].copy()
+    xy[~(points[:, 2] > 0) | ~np.isfinite(xy).all(axis=1)] = np.nan
+    return xy
+
+
+def _distance(candidate: np.ndarray, reference: np.ndarray) -> float:
+    """Mean keypoint distance from `reference`, in units of its size (the larger side of its box)."""
+    shared = ~np.isnan(candidate).any(axis=1) & ~np.isnan(reference).any(axis=1)
+    if not shared.any():
+        return np.nan
+    found = reference[~np.isnan(reference).any(axis=1)]
+    size = max(float((found.max(axis=0) - found.min(axis=0)).max()), 1.0)
+    return float(np.linalg.norm(candidate[shared] - reference[shared], axis=1).mean()) / size
+
+
+def _mean_distance(candidate: np.ndarray, references: list[np.ndarray]) -> float:
+    """`_distance` to each reference pose, averaged over those sharing a keypoint; NaN if none does."""
+    distances = [d for d in (_distance(candidate, r) for r in references) if not np.isnan(d)]
+    return float(np.mean(distances)) if distances else np.nan
+
+
+def _one_person(
+    detections: list[_Detection], count: int, frame_names: list[str], file_format: str, source: str
+) -> list[_Detection]:
+    """Untracked detections as one person: one detection per frame, the one continuing the person.
+
+    Raises:
+        ValueError: several people in too many frames, or too many in a row
+            (see the module docstring), asking for tracked output.
+    """
+    by_frame: dict[int, list[_Detection]] = {}
+    for detection in detections:
+        by_frame.setdefault(detection.frame, []).append(detection)
+    frames = np.array(sorted(by_frame))
+    several = np.array([frame for frame in frames if len(by_frame[frame]) > 1])
+    if len(several):
+        most = max(several, key=lambda frame: len(by_frame[frame]))
+        run, run_start = _longest_run(several)
+        reason = None
+        if len(several) > UNTRACKED_MAX_SEVERAL_FRACTION * len(frames):
+            reason = (
+                f"{len(several)} of the {len(frames)} frames with detections have several "
+                f"(at most {UNTRACKED_MAX_SEVERAL_FRACTION:.0%} are read as one person)"
+            )
+        elif run > UNTRACKED_MAX_SEVERAL_RUN:
+            reason = (
+                f"{run} frames in a row from frame {frame_names[run_start]} have several "
+                f"(at most {UNTRACKED_MAX_SEVERAL_RUN} are read as one person)"
+            )
+        if reason:
+            raise ValueError(
+                f"{source}: frame {frame_names[most]} has {len(by_frame[most])} people and no track ids, "
+                f"and {reason}; several people need tracked output ({_TRACKING_HINTS[file_format]})"
+            )
+    kept: dict[int, _Detection] = {}
+    last_pose = None
+    single = [frame for frame in frames if len(by_frame[frame]) == 1]
+    dropped = 0
+    for frame in frames:
+        candidates = by_frame[frame]
+        if len(candidates) > 1:
+            references = []
+            if last_pose is not None:
+                references.append(last_pose)  # the nearest earlier frame's kept pose
+            after = np.searchsorted(single, frame)
+            if after < len(single):
+                references.append(_pose(by_frame[single[after]][0], count))
+            candidate_poses = [_pose(c, count) for c in candidates]
+            distances = np.array([_mean_distance(p, references) for p in candidate_poses])
+            if np.isnan(distances).all():
+                ties = list(range(len(candidates)))
+            else:
+                distances[np.isnan(distances)] = np.inf
+                ties = np.flatnonzero(distances <= distances.min() + UNTRACKED_TIE_DISTANCE).tolist()
+            candidates = [max((candidates[i] for i in ties), key=lambda c: c.confidence)]
+            dropped += len(by_frame[frame]) - 1
+        kept[frame] = candidates[0]
+        last_pose = _pose(candidates[0], count)
+    if len(several):
+        warnings.warn(
+            f"{source}: no track ids and {len(several)} frame(s) with several detections; "
+            f"kept the one continuing the person in each, dropped {dropped} detection(s)",
+            stacklevel=4,
+        )
+    return [dataclasses.replace(kept[frame], person_id=UNTRACKED_ID) for frame in frames]
+
+
 def _assemble(
     detections: list[_Detection],
     frame_names: list[str],
@@ -162,14 +291,7 @@ def _assemble(
         untracked = detections[tracked.index(False)]
         raise ValueError(f"{untracked.where}: no track id, while other detections have one")
     if not all(tracked):
-        frames, counts = np.unique([d.frame for d in detections], return_counts=True)
-        if counts.max() > 1:
-            frame = int(frames[counts.argmax()])
-            raise ValueError(
-                f"{source}: frame {frame_names[frame]} has {counts.max()} people and no track ids; "
-                f"several people need tracked output ({_TRACKING_HINTS[file_format]})"
-            )
-        detections = [dataclasses.replace(d, person_id=UNTRACKED_ID) for d in detections]
+        detections = _one_person(detections, count, frame_names, file_format, source)
     person_ids = tuple(sorted({d.person_id for d in detections}))
     row = {person_id: p for p, person_id in enumerate(person_ids)}
     array = np.full((len(person_ids), len(frame_names), count, 3), np.nan)
@@ -203,13 +325,21 @@ def _alphapose_frames(image_ids: Iterable[str]) -> tuple[dict[str, int], list[st
     return {name: i for i, name in enumerate(names)}, names
 
 
+def _alphapose_track_id(idx, where: str) -> int | None:
+    """The tracker's id; None without one: no ``idx``, or pose NMS's list of merged box ids."""
+    if idx is None or isinstance(idx, list):
+        return None
+    return _track_id(idx, where)
+
+
 def read_alphapose(path: str | os.PathLike) -> Detections:
     """Reads AlphaPose's results JSON (schema in the module docstring).
 
     Raises:
         ValueError: unreadable or empty file, a schema that is not
             AlphaPose's, a detection with the wrong number of values, bad
-            ids, or several untracked people in one frame.
+            ids, or untracked detections of several people (see the module
+            docstring).
     """
     path = os.fspath(path)
     results = _load_json(path)
@@ -226,9 +356,11 @@ def read_alphapose(path: str | os.PathLike) -> Detections:
     detections = []
     for i, result in enumerate(results):
         where = f"{path}: detection {i} (image {result['image_id']})"
-        person_id = _track_id(result["idx"], where) if "idx" in result else None
+        person_id = _alphapose_track_id(result.get("idx"), where)
         values = _number_array(result["keypoints"], where, '"keypoints"')
-        detections.append(_Detection(frame_of[str(result["image_id"])], person_id, values, where))
+        score = result.get("score")
+        score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+        detections.append(_Detection(frame_of[str(result["image_id"])], person_id, values, where, score))
     return _assemble(detections, frame_names, "alphapose", path)
 
 
