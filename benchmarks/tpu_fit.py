@@ -70,7 +70,9 @@ def compile_cell(config, topology, scan, remat, timeout):
 def _error_line(stderr: str) -> str:
     """The line of a failed tool run that says what went wrong (the tool's own, or the exception's)."""
     lines = stderr.strip().splitlines() or ["no report"]
-    errors = [line for line in lines if re.match(r"^(aot: error:|\w[\w.]*(Error|Exception)\b)", line)]
+    errors = [
+        line for line in lines if re.match(r"^(sasmamba_jax.aot: error:|\w[\w.]*(Error|Exception)\b)", line)
+    ]
     return (errors or lines)[-1][:200]
 
 
@@ -79,7 +81,7 @@ def format_cell(row):
         return ""
     if "error" in row:
         # The tool's own one-line errors, to their first clause.
-        return row["error"].removeprefix("aot: error: ").split(";")[0]
+        return row["error"].removeprefix("sasmamba_jax.aot: error: ").split(";")[0]
     gigabytes = row["peak_bytes_per_chip"] / 1e9
     # libtpu stops at the memory it ran out of (a lower bound); XLA's GPU
     # compiler finishes and counts all of it.

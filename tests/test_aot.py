@@ -115,7 +115,7 @@ def test_an_unknown_topology_is_a_one_line_error(tmp_path):
     result, report = _run_aot("--config=configs/tiny.py", "--topology=v9z:1x1", tmp_path=tmp_path)
     assert result.returncode == 2
     assert report is None
-    assert result.stderr.startswith("aot: error: unknown topology 'v9z:1x1'")
+    assert result.stderr.startswith("sasmamba_jax.aot: error: unknown topology 'v9z:1x1'")
     assert result.stderr.count("\n") == 1
 
 

@@ -1,4 +1,4 @@
-"""The PyTorch checkpoint bridge (`convert.py`) and model directories (`checkpoint.py`).
+"""The PyTorch checkpoint bridge (`io/pytorch.py`) and model directories (`io/model_dirs.py`).
 
 `tests/data/official_tiny.pth` is a training checkpoint written by the release
 itself (T=27, C=32, depth 2); `official_tiny.npz` holds the release's output
@@ -535,7 +535,7 @@ def test_cli_exit_code_and_stderr_of_the_real_command(tmp_path, pth_path):
     assert result.returncode == 2, result.stderr
     error_lines = result.stderr.strip().splitlines()
     assert len(error_lines) == 1, result.stderr
-    assert error_lines[0] == f"error: {truncated} is not a readable PyTorch checkpoint"
+    assert error_lines[0] == f"sasmamba_jax.convert: error: {truncated} is not a readable PyTorch checkpoint"
     assert os.listdir(tmp_path) == ["half.pth"]
 
 
@@ -586,7 +586,7 @@ def test_outputs_get_the_permissions_of_plain_files(tmp_path, random_model):
 def test_cli_to_pytorch_into_a_missing_folder_is_a_one_line_error(tmp_path, model_dir, capsys):
     destination = str(tmp_path / "no" / "such" / "x.pth")
     assert convert_cli.main(["--to-pytorch", str(model_dir), destination]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    assert capsys.readouterr().err.startswith("sasmamba_jax.convert: error: ")
 
 
 def _boom(*args, **kwargs):

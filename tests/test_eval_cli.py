@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from sasmamba_jax.configs import tiny
@@ -18,6 +19,7 @@ from sasmamba_jax import skeleton
 from sasmamba_jax.evaluate import tasks
 from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.model.forward import predict
+from sasmamba_jax.train import checkpoints, recipe
 
 pytest.importorskip("torch")
 
@@ -26,9 +28,9 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
 TIMEOUT_S = 300
 
 
-def _run_eval(*arguments):
+def _run_eval(*arguments, config=("--config=configs/tiny.py",)):
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "eval.py"), "--config=configs/tiny.py", *arguments],
+        [sys.executable, os.path.join(REPO, "eval.py"), *config, *arguments],
         cwd=REPO,
         env=ENV,
         capture_output=True,
@@ -107,3 +109,40 @@ def test_eval_py_flag_errors_are_one_line(arguments, message):
     result = _run_eval(*checkpoint, *arguments)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A train.py workdir of a small model on the demo set: zero weights, nothing compiled to write it."""
+    config = tiny.get_config()
+    with config.unlocked():
+        config.model.dim = 16
+        config.model.depth = 1
+        # A quicker evaluation: 16 test clips in one batch, no flipping.
+        config.data.test_stride = 81
+        config.eval.batch_size = 16
+        config.eval.flip = False
+    abstract = jax.eval_shape(lambda: recipe.create_train_state(config, recipe.create_model(config)))
+    state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
+    directory = tmp_path_factory.mktemp("workdir")
+    latest, best = checkpoints.checkpoint_managers(str(directory), keep=1)
+    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
+    latest.wait_until_finished()
+    latest.close(), best.close()
+    return directory
+
+
+def test_eval_py_on_a_workdir_without_config_uses_its_saved_config(workdir, tmp_path):
+    # eval.py's default config (h36m_243) names no data: only the saved config does.
+    output = tmp_path / "results.json"
+    result = _run_eval(f"--checkpoint={workdir}", f"--output={output}", config=())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average" in result.stdout and "p1" in json.loads(output.read_text())
+
+
+def test_config_overrides_apply_to_a_workdirs_saved_config(workdir, tmp_path):
+    missing = tmp_path / "absent.pkl"
+    result = _run_eval(f"--checkpoint={workdir}", f"--config.data.pkl_path={missing}", config=())
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert f"Human3.6M pickle not found: {missing}" in result.stderr

@@ -124,9 +124,9 @@ def test_cli_with_release_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "tiny.jax"
     status = export_cli.main(["--checkpoint", str(data_dir / "official_tiny.pth"), "--frames", "9", str(out)])
     assert status == 0
-    forward = serving.load_exported(out)
-    assert forward.input_shape == (1, 9, 17, 2)
-    assert forward.metadata["model"]["dim"] == 32
+    exported = serving.load_exported(out)
+    assert exported.input_shape == (1, 9, 17, 2)
+    assert exported.metadata["model"]["dim"] == 32
 
 
 def test_cli_errors_are_one_line_with_status_2(data_dir, tmp_path, capsys):
@@ -135,3 +135,4 @@ def test_cli_errors_are_one_line_with_status_2(data_dir, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "frames must be in [1, 27]" in err
+    assert err.startswith("sasmamba_jax.export: error: ")

@@ -165,7 +165,7 @@ def _eval_forward(config, mesh):
 
 
 def _lift_forward(config, mesh):
-    """inference.py's forward (predict, lift): an eval-mode model's parameters alone, no flip."""
+    """The lifting forward (predict, lift): an eval-mode model's parameters alone, no flip."""
     model_cfg = recipe.model_config(config)
     model = nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(params=0)))
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
@@ -243,7 +243,7 @@ def test_the_tool_reports_a_t4_with_an_xla_scan(tmp_path):
 def test_an_unknown_gpu_is_a_one_line_error(tmp_path):
     result, report = _run_aot("--config=configs/tiny.py", "--topology=h800:2", tmp_path=tmp_path)
     assert result.returncode == 2 and report is None
-    assert result.stderr.startswith("aot: error: unknown topology 'h800:2'")
+    assert result.stderr.startswith("sasmamba_jax.aot: error: unknown topology 'h800:2'")
     assert result.stderr.count("\n") == 1
 
 

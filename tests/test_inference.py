@@ -1,6 +1,7 @@
 """Lifting sequences of any length, compilation counts, and the infer CLI."""
 
 import contextlib
+import dataclasses
 import json
 
 import jax
@@ -116,9 +117,10 @@ def test_long_sequences_match_direct_window_calls(model, num_frames, stride, fli
 
 def test_threads_do_not_change_the_result(model):
     inputs = random_inputs(100, seed=3)
-    one_thread = sequences.lift_sequence(model, inputs, stride=7, batch_size=1, threads=1)
+    options = sequences.LiftOptions(stride=7, batch_size=1, threads=1)
+    one_thread = sequences.lift_sequence(model, inputs, options=options)
     for threads in (2, 5):
-        lifted = sequences.lift_sequence(model, inputs, stride=7, batch_size=1, threads=threads)
+        lifted = sequences.lift_sequence(model, inputs, options=dataclasses.replace(options, threads=threads))
         np.testing.assert_array_equal(lifted, one_thread)
 
 
@@ -216,6 +218,38 @@ def test_lift_sequence_bad_input(model, inputs, kwargs, message):
 
 
 @pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"threads": 1.5}, "threads"),
+        ({"stride": 0}, "stride"),
+        ({"short_sequence_mode": "pad"}, "short_sequence_mode"),
+        ({"matmul_precision": "fast"}, "matmul precision"),
+    ],
+)
+def test_lift_options_are_checked_when_built(fields, message):
+    with pytest.raises(ValueError, match=message):
+        sequences.LiftOptions(**fields)
+
+
+def test_lift_options_and_overrides_are_one_set_of_options(model):
+    inputs = random_inputs(40, seed=4)
+    options = sequences.LiftOptions(stride=7, flip_tta=False, batch_size=3)
+    lifted = sequences.lift_sequence(model, inputs, options=options)
+    np.testing.assert_array_equal(
+        lifted, sequences.lift_sequence(model, inputs, stride=7, flip_tta=False, batch_size=3)
+    )
+    overridden = sequences.lift_sequence(model, inputs, options=options, flip_tta=True)
+    np.testing.assert_array_equal(
+        overridden,
+        sequences.lift_sequence(model, inputs, options=dataclasses.replace(options, flip_tta=True)),
+    )
+    assert np.abs(overridden - lifted).max() > 0
+    with pytest.raises(TypeError, match="flip"):
+        sequences.lift(model, inputs, flip=False)
+
+
+@pytest.mark.parametrize(
     "keypoints, message",
     [
         (np.ones((5, 16, 2)), "wrong joint count"),
@@ -227,6 +261,17 @@ def test_lift_sequence_bad_input(model, inputs, kwargs, message):
 def test_lift_bad_keypoints(model, keypoints, message):
     with pytest.raises(ValueError, match=message):
         sequences.lift(model, keypoints)
+
+
+def test_lift_refuses_pixels_without_an_image_size(model):
+    pixels = np.random.default_rng(6).uniform(0, 640, size=(5, 17, 2))
+    with pytest.raises(ValueError, match=r"look like pixels.*give image_size=\(W, H\)"):
+        sequences.lift(model, pixels)
+    # Points beyond the bounds but missing (confidence 0) do not count.
+    normalised = np.concatenate([np.full((5, 17, 2), 0.5), np.ones((5, 17, 1))], axis=-1)
+    normalised[2, 3] = [640.0, 480.0, 0.0]
+    with pytest.warns(UserWarning, match="filled 1 missing"):
+        assert sequences.lift(model, normalised).shape == (5, 17, 3)
 
 
 def test_three_channel_model_needs_confidences():
@@ -248,7 +293,7 @@ def test_cli_npy_input(model, model_dir, tmp_path, capsys):
     np.save(tmp_path / "kp.npy", pixels)
     out = tmp_path / "out.npz"
     status = infer.main(
-        f"--checkpoint {model_dir} --input {tmp_path / 'kp.npy'} --image-size 640 480 "
+        f"--checkpoint {model_dir} --input {tmp_path / 'kp.npy'} --format h36m --image-size 640 480 "
         f"--output {out} --batch-size 3".split()
     )
     assert status == 0
@@ -269,7 +314,7 @@ def test_cli_json_input_and_plot(model_dir, tmp_path):
     frames = np.random.default_rng(4).uniform(-0.5, 0.5, size=(6, 17, 2)).tolist()
     (tmp_path / "kp.json").write_text(json.dumps(frames))
     status = infer.main(
-        f"--checkpoint {model_dir} --input {tmp_path / 'kp.json'} --format coco --no-flip --batch-size 3 "
+        f"--checkpoint {model_dir} --input {tmp_path / 'kp.json'} --format coco --no-flip-tta --batch-size 3 "
         f"--output {tmp_path / 'out.npz'} --plot {tmp_path / 'out.gif'}".split()
     )
     assert status == 0
@@ -280,7 +325,8 @@ def test_cli_json_input_and_plot(model_dir, tmp_path):
 def test_cli_png_plot_shows_one_frame(model_dir, tmp_path, capsys):
     np.save(tmp_path / "kp.npy", np.random.default_rng(5).uniform(-0.5, 0.5, size=(6, 17, 2)))
     arguments = (
-        f"--checkpoint {model_dir} --input {tmp_path / 'kp.npy'} --no-flip --output {tmp_path / 'o.npz'}"
+        f"--checkpoint {model_dir} --input {tmp_path / 'kp.npy'} --format h36m --no-flip-tta "
+        f"--output {tmp_path / 'o.npz'}"
     )
     assert infer.main(f"{arguments} --plot {tmp_path / 'o.png'} --plot-frame 5".split()) == 0
     assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -316,6 +362,61 @@ def test_cli_errors_are_one_line_with_status_2(model_dir, tmp_path, capsys, cont
 )
 def test_cli_errors_before_lifting(tmp_path, capsys, extra, message):
     np.save(tmp_path / "kp.npy", np.ones((5, 17, 2)))
-    arguments = f"--checkpoint {tmp_path}/nope --input {tmp_path}/kp.npy --output {tmp_path}/o.npz "
+    arguments = (
+        f"--checkpoint {tmp_path}/nope --input {tmp_path}/kp.npy --format h36m --output {tmp_path}/o.npz "
+    )
     status = infer.main((arguments + extra.format(tmp=tmp_path)).split())
     assert status == 2 and message in capsys.readouterr().err
+
+
+def _cli_error(capsys, arguments: str) -> str:
+    """infer's exit status 2 and its one line on stderr."""
+    assert infer.main(arguments.split()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sasmamba_jax.infer: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".json"])
+def test_cli_17_joint_array_needs_the_format(tmp_path, capsys, suffix):
+    # A COCO-17 array (RTMPose's) read as Human3.6M would be lifted with its joints mixed up.
+    coco = np.random.default_rng(7).uniform(-0.5, 0.5, size=(5, 17, 3))
+    path = tmp_path / f"kp{suffix}"
+    if suffix == ".npy":
+        np.save(path, coco)
+    else:
+        path.write_text(json.dumps(coco.tolist()))
+    err = _cli_error(capsys, f"--checkpoint {tmp_path}/nope --input {path} --output {tmp_path}/o.npz")
+    assert (
+        "has 17 joints per frame, which is COCO-17 or Human3.6M-17: give --format coco or --format h36m"
+        in err
+    )
+
+
+def test_cli_unknown_joint_count_names_the_layouts(tmp_path, capsys):
+    np.save(tmp_path / "kp.npy", np.zeros((5, 20, 2)))
+    err = _cli_error(
+        capsys, f"--checkpoint {tmp_path}/nope --input {tmp_path}/kp.npy --output {tmp_path}/o.npz"
+    )
+    assert "has 20 joints per frame" in err and "26 (halpe26)" in err and "133 (wholebody133)" in err
+
+
+def test_cli_26_joint_array_is_lifted_as_halpe26(model, model_dir, tmp_path):
+    halpe = np.random.default_rng(8).uniform(-0.5, 0.5, size=(30, 26, 3))
+    halpe[..., 2] = 0.9
+    np.save(tmp_path / "kp.npy", halpe)
+    status = infer.main(
+        f"--checkpoint {model_dir} --input {tmp_path}/kp.npy --no-flip-tta --output {tmp_path}/o.npz".split()
+    )
+    assert status == 0
+    expected = sequences.lift(model, halpe, keypoint_format="halpe26", flip_tta=False)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["poses_3d"], expected, atol=1e-6)
+
+
+def test_cli_pixels_without_the_image_size_are_refused(tmp_path, capsys):
+    np.save(tmp_path / "kp.npy", np.random.default_rng(9).uniform(0, 640, size=(5, 17, 2)))
+    arguments = (
+        f"--checkpoint {tmp_path}/nope --input {tmp_path}/kp.npy --format coco --output {tmp_path}/o.npz"
+    )
+    err = _cli_error(capsys, arguments)
+    assert "the keypoints look like pixels" in err and "give --image-size W H" in err

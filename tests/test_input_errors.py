@@ -1,7 +1,7 @@
 """Bad input to train.py, eval.py and infer ends in one line and exit status 2, never a traceback.
 
-The in-process tests run what train.py and eval.py run under
-``program.input_errors_end_the_program``; the subprocess tests run the commands
+The in-process tests run what train.py and eval.py run under their ``main``'s
+error path, ``program.command``; the subprocess tests run the commands
 themselves (one each in the default run, every case under the slow marker).
 """
 
@@ -37,12 +37,11 @@ class _Hostile:
 
 
 def _one_line_exit(capsys, run) -> str:
-    """Runs ``run`` as the commands do; the single line it ends with."""
-    with pytest.raises(SystemExit) as exit_info, program.input_errors_end_the_program():
-        run()
-    assert exit_info.value.code == 2
+    """Runs ``run`` as train.py's ``main`` does; the single line it ends with."""
+    assert program.command("train")(run)() == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.endswith("\n"), error
+    assert error.startswith("train.py: error: "), error
     return error
 
 
@@ -144,7 +143,9 @@ def test_infer_corrupt_checkpoint_is_one_line_without_torch_advice(tmp_path, cap
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x04not a checkpoint")
     output = str(tmp_path / "out.npz")
-    code = infer.main(["--input", str(keypoints), "--checkpoint", str(corrupt), "--output", output])
+    code = infer.main(
+        ["--input", str(keypoints), "--format", "h36m", "--checkpoint", str(corrupt), "--output", output]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert error == f"sasmamba_jax.infer: error: {corrupt} is not a readable PyTorch checkpoint\n"

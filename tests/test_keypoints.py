@@ -78,7 +78,7 @@ def test_prepare_fills_zero_confidence_points_and_zeroes_their_confidence():
     xy[:, 4, 0] = [1.0, 99.0, 3.0]
     xy[1, 4, 2] = 0.0  # a detector's "not found" point
     with pytest.warns(UserWarning, match="filled 1 missing"):
-        prepared = keypoints.prepare_keypoints(xy)
+        prepared = keypoints.prepare_keypoints(xy, image_size=(100, 100))
     np.testing.assert_allclose(prepared.xy[:, 4, 0], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(prepared.confidences[:, 4], [0.8, 0.0, 0.8])
     assert prepared.filled.sum() == 1 and prepared.filled[1, 4]
@@ -150,3 +150,19 @@ def test_unused_coco_ears_may_be_missing():
     coco[:, 3:5, 2] = 0.0  # ears are not used by the conversion
     prepared = keypoints.prepare_keypoints(coco, keypoint_format="coco")
     assert not prepared.filled.any()
+
+
+def test_pixels_without_an_image_size_are_refused():
+    xy = np.full((3, 17, 2), 0.5)
+    xy[1, 5] = [-1.9, 3.9]  # off the image of a tall portrait video: still normalised
+    keypoints.prepare_keypoints(xy)
+    xy[1, 5, 0] = 2.5
+    with pytest.raises(ValueError, match=r"look like pixels \(\|x\| up to 2\.5.*give image_size=\(W, H\)"):
+        keypoints.prepare_keypoints(xy)
+    assert keypoints.prepare_keypoints(xy, image_size=(640, 480)).image_size == (640.0, 480.0)
+    coco = np.concatenate([np.full((3, 17, 2), 300.0), np.ones((3, 17, 1))], axis=-1)
+    with pytest.raises(ValueError, match="look like pixels"):
+        keypoints.prepare_keypoints(coco, keypoint_format="coco")
+    coco[..., 2] = 0.0  # missing points are not looked at (and here all missing)
+    with pytest.raises(ValueError, match="missing in every frame"):
+        keypoints.prepare_keypoints(coco, keypoint_format="coco")

@@ -123,7 +123,8 @@ def _entry_points_main(workdir, keypoints_path, output_dir):
         if e.code not in (0, None):
             raise
     lifted = os.path.join(output_dir, "infer.npz")
-    if infer.main(["--checkpoint", workdir, "--input", keypoints_path, "--output", lifted]) != 0:
+    arguments = ["--checkpoint", workdir, "--input", keypoints_path, "--format", "h36m", "--output", lifted]
+    if infer.main(arguments) != 0:
         sys.exit("infer failed")
     forward = os.path.join(output_dir, "forward.jax")
     if export_cli.main([forward, "--checkpoint", workdir, "--batch", str(EXPORT_BATCH), "--flip-tta"]) != 0:

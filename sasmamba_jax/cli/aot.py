@@ -18,19 +18,19 @@ import sys
 import tempfile
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from sasmamba_jax import targets
 from sasmamba_jax.cli import program
-from sasmamba_jax.train.aot import MODES, AotError, compile_for_topology
+from sasmamba_jax.train.aot import MODES, compile_for_topology
 
 
 @contextlib.contextmanager
 def _stderr_kept_back():
     """Holds back what libtpu's C++ side prints to stderr at start-up (it warns that this is no TPU VM).
 
-    Shown after all if something other than a reported error (AotError,
-    ValueError) goes wrong.
+    Shown after all if something other than a reported error (``program.INPUT_ERRORS``,
+    AotError among them) goes wrong.
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -38,7 +38,7 @@ def _stderr_kept_back():
         os.dup2(held.fileno(), 2)
         try:
             yield
-        except (AotError, ValueError):
+        except program.INPUT_ERRORS:
             raise
         except BaseException:
             sys.stderr.flush()
@@ -75,6 +75,7 @@ _JSON = flags.DEFINE_string("json", None, "Also write the report here as JSON.")
 flags.mark_flags_as_required(["config", "topology"])
 
 
+@program.command("aot")
 def main(argv):
     del argv
     # Compiling for a topology needs no local accelerator. Set before jax
@@ -82,12 +83,8 @@ def main(argv):
     # without its cuInit check (which fails, loudly, on a host with no GPU).
     jax.config.update("jax_platforms", "cpu")
     config = program.config_value(_CONFIG)
-    try:
-        with _stderr_kept_back():
-            report = compile_for_topology(config, _TOPOLOGY.value, _MODE.value, _BATCH.value)
-    except (AotError, ValueError) as e:
-        print(f"aot: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    with _stderr_kept_back():
+        report = compile_for_topology(config, _TOPOLOGY.value, _MODE.value, _BATCH.value)
     print(report.summary(_MODE.value))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
@@ -97,4 +94,4 @@ def main(argv):
 
 def run() -> None:
     """The console script ``sasmamba-aot`` and ``python -m sasmamba_jax.aot``."""
-    app.run(main, flags_parser=program.parse_flags)
+    program.run_absl(main)

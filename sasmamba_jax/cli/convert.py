@@ -1,16 +1,19 @@
 """``python -m sasmamba_jax.convert``: release ``.pth`` <-> model directory.
 
-python -m sasmamba_jax.convert CKPT.pth OUT_DIR [--check REF.npz] [--atol 1e-4]
-python -m sasmamba_jax.convert --to-pytorch OUT_DIR new.pth
+    python -m sasmamba_jax.convert CKPT.pth OUT_DIR [--check REF.npz] [--atol 1e-4]
+    python -m sasmamba_jax.convert --to-pytorch OUT_DIR new.pth
+
+Exit status 1 when ``--check`` finds the outputs differ; bad input: one line,
+exit status 2 (``cli.program``).
 """
 
-import argparse
 import dataclasses
 import os
 import sys
 
 import numpy as np
 
+from sasmamba_jax.cli import program
 from sasmamba_jax.io import pytorch
 from sasmamba_jax.io.errors import CheckpointError
 from sasmamba_jax.io.loader import load_model
@@ -38,10 +41,11 @@ def _check_against_reference(model: SasMamba, reference_npz: str, atol: float) -
     return ok
 
 
+@program.command("convert")
 def main(argv: list[str] | None = None) -> int:
     """``python -m sasmamba_jax.convert``: release ``.pth`` <-> model directory; the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sasmamba_jax.convert",
+    parser = program.ArgumentParser(
+        "convert",
         description="Convert SasMamba checkpoints between the PyTorch release and sasmamba-jax.",
     )
     parser.add_argument("source", help="release .pth checkpoint (or, with --to-pytorch, our model directory)")
@@ -54,26 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
 
-    try:
-        if args.to_pytorch:
-            model = load_model(args.source)
-            if os.path.exists(args.destination) and not args.overwrite:
-                raise CheckpointError(f"{args.destination} exists (use --overwrite to replace it)")
-            pytorch.write_pytorch_checkpoint(export_pytorch_state_dict(model), args.destination)
-            print(f"wrote {args.destination}")
-            return 0
-        if args.check and not os.path.isfile(args.check):
-            raise CheckpointError(f"reference file not found: {args.check}")
+    if args.to_pytorch:
         model = load_model(args.source)
-        save_model(model, args.destination, overwrite=args.overwrite)
-        print(f"wrote {args.destination} ({dataclasses.asdict(model.config)})")
-        if args.check and not _check_against_reference(model, args.check, args.atol):
-            return 1
+        if os.path.exists(args.destination) and not args.overwrite:
+            raise CheckpointError(f"{args.destination} exists (use --overwrite to replace it)")
+        pytorch.write_pytorch_checkpoint(export_pytorch_state_dict(model), args.destination)
+        print(f"wrote {args.destination}")
         return 0
-    except (ValueError, ImportError, OSError) as e:
-        # CheckpointError is a ValueError; OSError covers unwritable destinations.
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    if args.check and not os.path.isfile(args.check):
+        raise CheckpointError(f"reference file not found: {args.check}")
+    model = load_model(args.source)
+    save_model(model, args.destination, overwrite=args.overwrite)
+    print(f"wrote {args.destination} ({dataclasses.asdict(model.config)})")
+    if args.check and not _check_against_reference(model, args.check, args.atol):
+        return 1
+    return 0
 
 
 def run() -> None:

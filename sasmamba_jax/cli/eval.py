@@ -1,7 +1,7 @@
 """Evaluates a SasMamba checkpoint with the release's protocol.
 
-    python eval.py --config=configs/h36m_243.py \
-        --config.data.pkl_path=h36m_sh_conf_cam_source_final.pkl \
+    python eval.py --config=configs/h36m_243.py \\
+        --config.data.pkl_path=h36m_sh_conf_cam_source_final.pkl \\
         --checkpoint=CKPT --output=results.json [--plot=clip.gif]
 
 CKPT: a release .pth (converted in memory), a model directory written by
@@ -12,23 +12,31 @@ device mesh the parameters and batches are split over (``--config.mesh.*``,
 all devices by default) and run options such as ``--config.model.scan`` and
 ``--config.matmul_precision``. The forward is the one ``train.py`` evaluates
 with (``forward.predict_batch``).
+
+For a train.py workdir without ``--config`` the config is the one saved with
+its latest checkpoint (what the run trained with), ``--config.*`` overrides
+applied to it: ``python eval.py --checkpoint=/tmp/demo`` evaluates a demo run
+on the demo set.
 """
 
 import json
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 
 from sasmamba_jax.cli import program
 from sasmamba_jax.evaluate import protocols, tasks
-from sasmamba_jax.io import loader
+from sasmamba_jax.io import loader, workdirs
 from sasmamba_jax.lifting import pictures
 from sasmamba_jax.model import precision
 from sasmamba_jax.parallel import distributed, sharding
 
 _CONFIG = program.define_config_file(
-    "config", "h36m_243", "Data and eval settings: a bundled config's name or a config file."
+    "config",
+    "h36m_243",
+    "Data and eval settings: a bundled config's name or a config file "
+    "(default: a train.py workdir's saved config, else h36m_243).",
 )
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint to evaluate.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
@@ -57,17 +65,36 @@ def _plot_first_clip(path, task, predictions):
     pictures.save_animation(path, inputs[..., :2], pred, ground_truth_3d=truth, length_unit=unit)
 
 
+def _config():
+    """--config, or for a workdir without --config its saved config with the --config.* overrides.
+
+    Raises:
+        ValueError: the workdir's config cannot be read or lacks an overridden key.
+    """
+    config = program.config_value(_CONFIG)
+    if flags.FLAGS[_CONFIG.name].present or not workdirs.is_workdir(_CHECKPOINT.value):
+        return config
+    saved = workdirs.saved_config(_CHECKPOINT.value)
+    try:
+        saved.update_from_flattened_dict(flags.FLAGS[_CONFIG.name].override_values)
+    except (KeyError, AttributeError, TypeError) as e:
+        raise ValueError(
+            f"a --config.* override does not fit the config saved in {_CHECKPOINT.value}: {e}"
+        ) from None
+    return saved
+
+
+@program.command("eval")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = program.config_value(_CONFIG)
+    config = _config()
     options = {name: config.model[name] for name in RUN_OPTIONS}
-    with program.input_errors_end_the_program():
-        matmul_precision = precision.check_matmul_precision(config.matmul_precision)
-        mesh = sharding.make_mesh(config.mesh)
-        model = loader.load_model(_CHECKPOINT.value, mesh=mesh, dtype=config.dtype, **options)
-        task = tasks.load_task(config.data, model.config.num_frames, config.seed)
+    matmul_precision = precision.check_matmul_precision(config.matmul_precision)
+    mesh = sharding.make_mesh(config.mesh)
+    model = loader.load_model(_CHECKPOINT.value, mesh=mesh, dtype=config.dtype, **options)
+    task = tasks.load_task(config.data, model.config.num_frames, config.seed)
     graphdef, params = nnx.split(nnx.view(model, deterministic=True))
     predictions = tasks.predict_test_clips(
         graphdef, params, task, config.eval, mesh, model.config.in_chans, matmul_precision
@@ -87,4 +114,4 @@ def main(argv):
 
 def run() -> None:
     """The console script ``sasmamba-eval`` and ``python eval.py``."""
-    app.run(main, flags_parser=program.parse_flags)
+    program.run_absl(main)

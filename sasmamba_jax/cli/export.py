@@ -1,20 +1,26 @@
 """``python -m sasmamba_jax.export``: a model's eval forward as a serving artefact (``io.serving``).
 
-python -m sasmamba_jax.export --checkpoint CKPT --frames 243 --batch 1 out.jax
+    python -m sasmamba_jax.export --checkpoint CKPT --frames 243 --batch 1 out.jax
+    python -m sasmamba_jax.export --checkpoint CKPT --flip-tta out.jax
+
+Without ``--flip-tta`` the artefact is the plain forward (infer flips by
+default; ``--no-flip-tta`` there). Errors: one line, exit status 2
+(``cli.program``).
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
+from sasmamba_jax.cli import program
 from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.io.serving import EXPORT_METADATA_SUFFIX, export_forward
 from sasmamba_jax.model.precision import MATMUL_PRECISIONS
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m sasmamba_jax.export",
+    parser = program.ArgumentParser(
+        "export",
         description="Serialise SasMamba's eval forward (StableHLO via jax.export) for a fixed input shape; "
         "load it with sasmamba_jax.io.serving.load_exported.",
     )
@@ -26,7 +32,12 @@ def _parse_args(argv):
     )
     parser.add_argument("--frames", type=int, default=None, help="frames T (default: the model's)")
     parser.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
-    parser.add_argument("--flip-tta", action="store_true", help="include flip test-time averaging")
+    parser.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="include flip test-time averaging in the artefact (default: off; infer's default is on)",
+    )
     parser.add_argument(
         "--platforms",
         type=lambda text: tuple(text.split(",")),
@@ -42,22 +53,19 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
+@program.command("export")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        model = load_model(args.checkpoint)
-        export_forward(
-            model,
-            args.output,
-            frames=args.frames,
-            batch=args.batch,
-            flip_tta=args.flip_tta,
-            platforms=args.platforms,
-            matmul_precision=args.matmul_precision,
-        )
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        print(f"sasmamba_jax.export: error: {e}", file=sys.stderr)
-        return 2
+    model = load_model(args.checkpoint)
+    export_forward(
+        model,
+        args.output,
+        frames=args.frames,
+        batch=args.batch,
+        flip_tta=args.flip_tta,
+        platforms=args.platforms,
+        matmul_precision=args.matmul_precision,
+    )
     print(f"wrote {args.output} and {args.output}{EXPORT_METADATA_SUFFIX}")
     return 0
 

@@ -5,19 +5,19 @@
     python -m sasmamba_jax.infer --checkpoint CKPT --input alphapose-results.json \\
         --image-size 1920 1080 --output out.npz --bvh person_{id}.bvh --csv out.csv
 
-Errors are reported on one line with exit status 2.
+Errors are reported on one line with exit status 2 (``cli.program``).
 """
 
 import argparse
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import animation
 
+from sasmamba_jax.cli import program
 from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.lifting import detector_files, keypoints, motion_export, pictures
 from sasmamba_jax.lifting.sequences import (
@@ -25,14 +25,19 @@ from sasmamba_jax.lifting.sequences import (
     DEFAULT_THREADS,
     MIN_TRACK_FRAMES,
     SHORT_SEQUENCE_MODES,
+    LiftOptions,
     lift_people,
     lift_sequence,
     to_image_units,
 )
 from sasmamba_jax.model.precision import MATMUL_PRECISIONS
 
-ARRAY_FORMATS = ("h36m", "coco")
+ARRAY_FORMATS = keypoints.FORMATS
 INPUT_FORMATS = ("auto",) + detector_files.FILE_FORMATS + ARRAY_FORMATS
+# The array layouts a joint count settles without --format; 17 is COCO-17 or Human3.6M-17.
+_ARRAY_FORMATS_BY_COUNT = {
+    keypoints.LAYOUTS[name].num_keypoints: name for name in ("coco18", "body25", "halpe26", "wholebody133")
+}
 
 _DESCRIPTION = """\
 Lift a sequence of 2D keypoints (e.g. a detector's output on a video) to
@@ -40,7 +45,10 @@ root-relative 3D poses with SasMamba.
 
 Input (--input, its kind given by --format or, by default, found from its
 content: a folder is OpenPose, a JSON list of {"image_id", "keypoints"}
-AlphaPose, of {"frame_id", "instances"} MMPose, anything else an h36m array):
+AlphaPose, of {"frame_id", "instances"} MMPose, anything else an array whose
+joint count says its layout: 18 coco18, 25 body25, 26 halpe26, 133
+wholebody133; 17 joints are COCO-17 or Human3.6M-17, so such an array needs
+--format coco or --format h36m):
   alphapose  AlphaPose's results JSON (Halpe-26 or COCO-17; idx = track id).
   openpose   a folder of OpenPose *_keypoints.json files, one per frame in
              file-name order (BODY_25 or COCO-18; person_id when tracked).
@@ -49,19 +57,20 @@ AlphaPose, of {"frame_id", "instances"} MMPose, anything else an h36m array):
              These three are pixels and need --image-size; every tracked
              person is lifted (--person ID picks one). Untracked files may
              hold one person per frame.
-  h36m/coco arrays, one person:
-  .npy   float array (T, 17, 2) x, y or (T, 17, 3) x, y, confidence.
-  .json  a list of T frames, each a list of 17 keypoints [x, y] or
+  arrays, one person (h36m, coco, halpe26, body25, coco18, wholebody133):
+  .npy   float array (T, K, 2) x, y or (T, K, 3) x, y, confidence.
+  .json  a list of T frames, each a list of K keypoints [x, y] or
          [x, y, confidence], e.g. [[[412.0, 230.5, 0.93], ...], ...].
          null stands for a missing coordinate.
-  Keypoints are in the joint order of --format: h36m (pelvis, right hip,
+  Keypoints are in the joint order of the layout: h36m (pelvis, right hip,
   right knee, right ankle, left hip, left knee, left ankle, spine, thorax,
   neck, head, left shoulder, left elbow, left wrist, right shoulder, right
-  elbow, right wrist) or coco (nose, left/right eye, left/right ear,
-  left/right shoulder, elbow, wrist, hip, knee, ankle). Coordinates are
-  pixels when --image-size is given, else already normalised
-  (xy / W * 2 - [1, H / W]). A point with NaN/null coordinates or confidence
-  0 is missing and filled by interpolation over time (with a warning).
+  elbow, right wrist), coco (nose, left/right eye, left/right ear,
+  left/right shoulder, elbow, wrist, hip, knee, ankle), or the detector's.
+  Coordinates are pixels when --image-size is given, else already normalised
+  (xy / W * 2 - [1, H / W], x within [-1, 1]); pixels without --image-size
+  are refused. A point with NaN/null coordinates or confidence 0 is missing
+  and filled by interpolation over time (with a warning).
 
 Output (--output, .npz):
   poses_3d      (T, 17, 3) root-relative 3D poses in normalised units
@@ -84,7 +93,7 @@ there are several), --csv FILE one row per (person, frame, joint).
 
 
 def read_keypoints(path: str | os.PathLike) -> np.ndarray:
-    """Reads a (T, 17, 2|3) keypoint array from a .npy or .json file (schema in --help).
+    """Reads a (T, K, 2|3) keypoint array from a .npy or .json file (schema in --help).
 
     Raises:
         ValueError: unknown suffix, unreadable file, or a JSON file that is not
@@ -109,14 +118,14 @@ def read_keypoints(path: str | os.PathLike) -> np.ndarray:
             return np.array(frames, dtype=np.float64)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{path} must hold a list of frames, each a list of 17 [x, y] or [x, y, confidence]"
+                f"{path} must hold a list of frames, each a list of K [x, y] or [x, y, confidence]"
             ) from None
     raise ValueError(f"unknown input type {suffix!r} for {path}: expected .npy or .json")
 
 
 def _parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m sasmamba_jax.infer",
+    parser = program.ArgumentParser(
+        "infer",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,7 +136,10 @@ def _parse_args(argv):
     )
     parser.add_argument("--input", required=True, help="keypoints: a file or an OpenPose folder (above)")
     parser.add_argument(
-        "--format", choices=INPUT_FORMATS, default="auto", help="what --input is (default: from its content)"
+        "--format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="what --input is (default: from its content; needed for a 17-joint array)",
     )
     parser.add_argument("--person", type=int, default=None, help="lift only this track id")
     parser.add_argument(
@@ -150,7 +162,12 @@ def _parse_args(argv):
     parser.add_argument("--bvh", help="also write a BVH animation ({id} in the name for several people)")
     parser.add_argument("--csv", help="also write one CSV row per (person, frame, joint)")
     parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate (--bvh, --plot)")
-    parser.add_argument("--no-flip", action="store_true", help="no flip test-time averaging (2x faster)")
+    parser.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="flip test-time averaging (default: on; --no-flip-tta is 2x faster; export's default is off)",
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward call")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="forward calls in flight")
     parser.add_argument("--stride", type=int, default=None, help="frames between windows (default F / 2)")
@@ -179,7 +196,9 @@ def _check_plot_path(path: str) -> None:
 
 
 def resolve_format(path: str, requested: str) -> str:
-    """The input's format: `requested`, or found from the content for "auto".
+    """The input's format: `requested`, or for "auto" the detector file format
+    its content shows, else "auto" (an array, its layout settled by
+    `array_format` once read).
 
     Raises:
         ValueError: an array format asked for a detector file (or the reverse
@@ -187,15 +206,42 @@ def resolve_format(path: str, requested: str) -> str:
     """
     found = detector_files.sniff_format(path)
     if requested == "auto":
-        return found or "h36m"
+        return found or "auto"
     if requested in ARRAY_FORMATS and found is not None:
         raise ValueError(f"{path} holds {found} output, not a {requested} array: use --format {found}")
     return requested
 
 
-def _lift_options(args: argparse.Namespace) -> dict:
-    return dict(
-        flip_tta=not args.no_flip,
+def array_format(raw: np.ndarray, path: str, requested: str) -> str:
+    """An array's layout: `requested`, or for "auto" the one its joint count settles.
+
+    Raises:
+        ValueError: "auto" for an array that is not (T, K, C), has 17 joints
+            (COCO-17 or Human3.6M-17) or a count no layout has.
+    """
+    if requested != "auto":
+        return requested
+    if raw.ndim != 3:
+        raise ValueError(f"{path}: keypoints must have shape (T, K, 2|3), got {raw.shape}")
+    joints = raw.shape[1]
+    if joints == 17:
+        raise ValueError(
+            f"{path} has 17 joints per frame, which is COCO-17 or Human3.6M-17: "
+            "give --format coco or --format h36m"
+        )
+    if joints not in _ARRAY_FORMATS_BY_COUNT:
+        counts = ", ".join(f"{count} ({name})" for count, name in sorted(_ARRAY_FORMATS_BY_COUNT.items()))
+        raise ValueError(
+            f"wrong joint count: {path} has {joints} joints per frame; "
+            f"expected 17 (with --format coco or h36m), {counts}"
+        )
+    return _ARRAY_FORMATS_BY_COUNT[joints]
+
+
+def _lift_options(args: argparse.Namespace) -> LiftOptions:
+    """The `LiftOptions` of the command line's flags; ValueError on a bad value."""
+    return LiftOptions(
+        flip_tta=args.flip_tta,
         batch_size=args.batch_size,
         threads=args.threads,
         stride=args.stride,
@@ -206,13 +252,17 @@ def _lift_options(args: argparse.Namespace) -> dict:
 
 
 def _lift_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
-    """One person's h36m/coco array lifted: the npz arrays (T, ...) and the id list [0]."""
+    """One person's keypoint array lifted: the npz arrays (T, ...) and the id list [0]."""
     if args.person is not None:
         raise ValueError("--person picks a track of a detector file; a keypoint array holds one person")
     raw = read_keypoints(args.input)
+    file_format = array_format(raw, args.input, file_format)
+    if args.image_size is None:
+        xy, confidences = keypoints.split_confidences(raw, keypoint_format=file_format)
+        keypoints.check_normalised(xy, confidences, fix="--image-size W H")
     prepared = keypoints.prepare_keypoints(raw, keypoint_format=file_format, image_size=args.image_size)
     model = load_model(args.checkpoint)
-    poses_3d = lift_sequence(model, prepared.model_input(model.config.in_chans), **_lift_options(args))
+    poses_3d = lift_sequence(model, prepared.model_input(model.config.in_chans), options=_lift_options(args))
     results = {"poses_3d": poses_3d, "keypoints_2d": prepared.xy, "filled": prepared.filled}
     if prepared.confidences is not None:
         results["confidences"] = prepared.confidences
@@ -243,7 +293,7 @@ def _lift_detections(args: argparse.Namespace, file_format: str) -> tuple[dict, 
         keypoint_format=detections.keypoint_format,
         image_size=args.image_size,
         min_track_frames=args.min_track_frames,
-        **_lift_options(args),
+        options=_lift_options(args),
     )
     results = {
         "poses_3d": lifted.poses_3d,
@@ -297,7 +347,7 @@ def _export(args: argparse.Namespace, results: dict, person_ids: list[int]) -> N
 
 
 def lift_file(args: argparse.Namespace) -> None:
-    """Lifts, saves, plots and exports as `args` say; raises ValueError/OSError/RuntimeError on failure."""
+    """Lifts, saves, plots and exports as `args` say; raises ValueError/OSError/ImportError on failure."""
     if not args.output.endswith(".npz"):
         raise ValueError(f"--output must end in .npz, got {args.output}")
     if args.plot:
@@ -320,20 +370,9 @@ def lift_file(args: argparse.Namespace) -> None:
     _export(args, results, person_ids)
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"sasmamba_jax.infer: warning: {message}", file=sys.stderr)
-
-
+@program.command("infer")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _print_warning
-            lift_file(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        message = " ".join(str(e).split())
-        print(f"sasmamba_jax.infer: error: {message}", file=sys.stderr)
-        return 2
+    lift_file(_parse_args(argv))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Trains SasMamba; a thin flag wrapper over sasmamba_jax.train.loop.train_and_evaluate.
 
     python train.py --workdir=/tmp/sasmamba_demo                 # the bundled demo
-    python train.py --config=configs/h36m_243.py --workdir=DIR \
+    python train.py --config=configs/h36m_243.py --workdir=DIR \\
         --config.data.pkl_path=h36m_sh_conf_cam_source_final.pkl
     python train.py ... --config.max_steps=100 --config.dtype=bfloat16
 
@@ -16,7 +16,7 @@ on TPU pods and SLURM, which JAX detects by itself).
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from sasmamba_jax.cli import program
 from sasmamba_jax.io import workdirs
@@ -32,16 +32,16 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
+@program.command("train")
 def main(argv):
     del argv
     # Orbax reports every save step at INFO; progress bar and results say enough.
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        with program.input_errors_end_the_program():
-            results = loop.train_and_evaluate(program.config_value(_CONFIG), _WORKDIR.value)
+        results = loop.train_and_evaluate(program.config_value(_CONFIG), _WORKDIR.value)
     except loop.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(program.error_line(e), file=sys.stderr)
         return 1
     if results["preempted"]:
         print(
@@ -60,4 +60,4 @@ def main(argv):
 
 def run() -> None:
     """The console script ``sasmamba-train`` and ``python train.py``."""
-    app.run(main, flags_parser=program.parse_flags)
+    program.run_absl(main)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
@@ -32,6 +33,36 @@ def training_model_config(config: Mapping[str, Any]) -> SasMambaConfig:
     return SasMambaConfig.from_dict({**dict(config["model"]), "dtype": config["dtype"]})
 
 
+def is_workdir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a ``train.py`` workdir (it has a ``checkpoints`` folder)."""
+    return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+
+
+def _latest_checkpoint(workdir: str | os.PathLike) -> tuple[ocp.CheckpointManager, int]:
+    """The manager of a workdir's ``checkpoints/latest`` and its latest step."""
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
+    step = manager.latest_step()
+    if step is None:
+        raise CheckpointError(f"{workdir} has no training checkpoint yet")
+    return manager, step
+
+
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The training config saved with a workdir's latest checkpoint (what the run trained with).
+
+    Raises:
+        CheckpointError: no checkpoint yet, or one whose config cannot be read.
+    """
+    manager, step = _latest_checkpoint(workdir)
+    try:
+        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(
+            f"cannot read the config of step {step} in {manager.directory}: {first_line(e)}"
+        ) from None
+    return ml_collections.ConfigDict(config)
+
+
 def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None, **options: Any) -> SasMamba:
     """The latest checkpoint's model of a training workdir, in eval mode.
 
@@ -45,10 +76,7 @@ def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None
     Raises:
         CheckpointError: no checkpoint yet, or one that cannot be restored.
     """
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, LATEST))
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"{workdir} has no training checkpoint yet")
+    manager, step = _latest_checkpoint(workdir)
     try:
         saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
         model_cfg = training_model_config(saved_config).with_options(**options)

@@ -15,7 +15,8 @@ A user's keypoints go through four steps, all in numpy, in this order
    linear interpolation over time, joint by joint (`fill_missing`).
 4. Normalise pixels by the image size, as the release does for Human3.6M
    (`normalize_by_image_size`): ``xy / W * 2 - [1, H / W]``, so x spans
-   [-1, 1] and y keeps the aspect ratio.
+   [-1, 1] and y keeps the aspect ratio. Without an image size the keypoints
+   must be normalised already; pixels are refused (`check_normalised`).
 
 Letters: T frames, J = 17 joints.
 """
@@ -454,6 +455,39 @@ def _joint_names(keypoint_format: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Normalised screen coordinates (``xy / W * 2 - [1, H / W]``) have x within
+# [-1, 1] across the image, whatever its shape, and y within [-H/W, H/W]
+# (+-1.78 for a portrait 9:16 video); a detector's guess off the image lies a
+# little beyond. Keypoints given as normalised with a present point beyond
+# these bounds are pixels, and refused: without the image size they cannot be
+# normalised.
+NORMALISED_BOUNDS = (2.0, 4.0)  # |x|, |y|
+
+
+def check_normalised(
+    xy: np.ndarray, confidences: np.ndarray | None = None, *, fix: str = "image_size=(W, H)"
+) -> None:
+    """Refuses keypoints taken as normalised that are pixels (see `NORMALISED_BOUNDS`).
+
+    Args:
+        xy: (..., K, 2) keypoints; missing points (`missing_mask`) are ignored.
+        confidences: optional (..., K) confidences.
+        fix: how the caller gives the image size, for the message.
+
+    Raises:
+        ValueError: a present point's |x| or |y| beyond `NORMALISED_BOUNDS`.
+    """
+    points = np.asarray(xy)[~missing_mask(xy, confidences)]
+    if not points.size:
+        return
+    x_max, y_max = np.abs(points).max(axis=0)
+    if x_max > NORMALISED_BOUNDS[0] or y_max > NORMALISED_BOUNDS[1]:
+        raise ValueError(
+            f"the keypoints look like pixels (|x| up to {x_max:.6g}, |y| up to {y_max:.6g}) but no image "
+            f"size was given to normalise them (normalised x lies within [-1, 1]): give {fix}"
+        )
+
+
 def prepare_keypoints(
     keypoints,
     *,
@@ -465,7 +499,8 @@ def prepare_keypoints(
 
     Args:
         keypoints: (T, K, 2) x, y or (T, K, 3) x, y, confidence, in pixels
-            if `image_size` is given, else already normalised; in the order of
+            if `image_size` is given, else already normalised (pixels are
+            refused then, see `check_normalised`); in the order of
             `keypoint_format` (K its keypoint count). NaN, or confidence 0,
             marks a missing point.
         keypoint_format: a key of `LAYOUTS`: ``"h36m"``
@@ -479,12 +514,15 @@ def prepare_keypoints(
 
     Raises:
         ValueError: any bad input (see `split_confidences`), an unknown
-            format, a bad image size, or a joint missing in every frame.
+            format, a bad image size, pixels without an image size, or a
+            joint missing in every frame.
     """
     get_layout(keypoint_format)
     if image_size is not None:
         image_size = check_image_size(image_size)
     xy, confidences = split_confidences(keypoints, confidences, keypoint_format=keypoint_format)
+    if image_size is None:
+        check_normalised(xy, confidences)
     if keypoint_format != "h36m":
         xy, confidences = to_h36m(xy, confidences, keypoint_format)
     missing = missing_mask(xy, confidences)
