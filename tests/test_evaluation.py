@@ -265,7 +265,7 @@ def _write_3dhp_test(tmp_path, rng):
     return str(path), test
 
 
-def _reference_3dhp(centre_mm, target_mm, joints=range(14)):
+def _reference_3dhp(centre_mm, target_mm, joints=tuple(range(14))):  # noqa: B008 (immutable)
     """PCK, AUC (percent) and MPJPE counted joint by joint."""
     thresholds = range(0, 151, 5)
     correct, curve, total_error, num_scores = 0, 0, 0.0, 0

@@ -33,7 +33,7 @@ MODEL = SasMambaConfig(num_frames=9, dim=16, depth=1, scan="auto")
 MATMUL = re.compile(r"= f32\[[^\]]*\]\{[^}]*\} (dot|convolution)\(")
 
 
-def _v5e_forward_hlo(precision: str) -> str:
+def _v5e_forward_hlo(matmul_precision: str) -> str:
     """The eval forward (``forward._predict_batch``, batch 1) compiled for one v5e chip, as HLO text."""
     devices = targets.tpu_devices("v5e:1x1")
     mesh = sharding.default_mesh(devices)
@@ -46,7 +46,11 @@ def _v5e_forward_hlo(precision: str) -> str:
     )
     x = jax.ShapeDtypeStruct((1, MODEL.num_frames, 17, 2), np.float32, sharding=sharding.batch_sharding(mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
-    with targets.persistent_cache_for(devices), jax.set_mesh(mesh), precision.use_matmul_precision(precision):
+    with (
+        targets.persistent_cache_for(devices),
+        jax.set_mesh(mesh),
+        precision.use_matmul_precision(matmul_precision),
+    ):
         return forward._predict_batch.lower(graphdef, params, x, None, replicated).compile().as_text()
 
 

@@ -3,7 +3,7 @@
 `tests/data/official_tiny_trainstep.npz` holds three AdamW steps of the PyTorch
 release from `official_tiny.pth` (its 'config' entry says how they were made):
 batches, outputs, losses, the first step's gradients and the parameters before
-and after, in the release's layouts. `train_lib` must reproduce them.
+and after, in the release's layouts. `train.recipe` must reproduce them.
 """
 
 import json

@@ -51,7 +51,7 @@ def export_forward(
             order) in the exported function, doubling its work.
         platforms: e.g. ``("cpu", "cuda")``; the default backend's by default.
         matmul_precision: the float32 matmul precision written into the
-            program (``eval_lib.MATMUL_PRECISIONS``), or None for the caller's.
+            program (``model.precision.MATMUL_PRECISIONS``), or None for the caller's.
 
     Returns:
         `path`, as a string.
@@ -104,7 +104,7 @@ def export_forward(
 
 
 class ExportedForward:
-    """A forward pass serialised by `sasmamba_jax.export`, run with jax alone.
+    """A forward pass serialised by ``export_forward``, run with jax alone.
 
     Attributes:
         input_shape: the (B, T, 17, C) float32 shape it was exported for.

@@ -213,7 +213,7 @@ def bvh_text(poses_3d, *, fps: float = 25.0) -> str:
     """A BVH animation of one person's lifted poses (conventions in the module docstring).
 
     Args:
-        poses_3d: (T, 17, 3) camera-frame poses (`inference.lift`'s output,
+        poses_3d: (T, 17, 3) camera-frame poses (`lift`'s output,
             in any unit); NaN frames (the person absent) hold the nearest
             present pose, so the animation keeps the video's frame numbers.
         fps: frames per second of the video.

@@ -43,7 +43,7 @@ def eval_forward(
     if flip_permutation is None:
         return direct
     # Two calls rather than one on a doubled batch: on CPU the model's time per
-    # window grows with the batch (inference.DEFAULT_BATCH_SIZE).
+    # window grows with the batch (lifting.sequences.DEFAULT_BATCH_SIZE).
     flipped = model(flip_pose(windows, flip_permutation))
     return (direct + flip_pose(flipped, flip_permutation)) / 2
 
@@ -101,14 +101,14 @@ def predict(model: SasMamba, x, *, matmul_precision: str | None = None) -> np.nd
     """Runs the model in eval mode (no DropPath) on a batch of clips.
 
     The batch is split over the devices of the mesh the model's parameters
-    live on (``checkpoint.load_model`` puts them on every device).
+    live on (``io.loader.load_model`` puts them on every device).
 
     Args:
         model: a SasMamba (its train/eval mode is left untouched).
         x: (B, T, 17, in_chans) numpy or jax array of normalised keypoints,
             T <= the model's frames.
-        matmul_precision: float32 matmul precision (``eval_lib.MATMUL_PRECISIONS``;
-            ``eval_lib.PARITY_MATMUL_PRECISION`` to compare with the release),
+        matmul_precision: float32 matmul precision (``precision.MATMUL_PRECISIONS``;
+            ``precision.PARITY_MATMUL_PRECISION`` to compare with the release),
             or None for the caller's (``jax.default_matmul_precision``).
 
     Returns:
