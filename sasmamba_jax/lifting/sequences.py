@@ -18,6 +18,7 @@ import tqdm
 from flax import nnx
 
 from sasmamba_jax import skeleton
+from sasmamba_jax.lifting import units
 from sasmamba_jax.lifting.keypoints import check_image_size, prepare_keypoints
 from sasmamba_jax.model.forward import predict_batch
 from sasmamba_jax.model.precision import check_matmul_precision
@@ -298,6 +299,7 @@ def lift(
     keypoint_format: str = "h36m",
     image_size=None,
     confidences=None,
+    subject_height: float | None = None,
     options: LiftOptions | None = None,
     **overrides,
 ) -> np.ndarray:
@@ -320,27 +322,35 @@ def lift(
         image_size: (W, H) of the video in pixels, or None.
         confidences: optional (T, K) confidences for (T, K, 2) keypoints;
             required (one way or the other) by 3-channel models.
+        subject_height: the person's height in metres, ankle to head, or
+            None: the poses are then scaled to stand that tall
+            (`units.scale_to_height`, which defines the height).
         options: a `LiftOptions`, or None for the defaults.
         **overrides: `LiftOptions` fields replacing those of `options`,
             e.g. ``batch_size=8, flip_tta=False``.
 
     Returns:
-        (T, 17, 3) float32 root-relative 3D poses in the model's normalised
-        units: x, y, depth scaled like x by 2 / W. Multiply by W / 2
-        (`to_image_units`) for pixels; the release then multiplies by a
-        per-frame "2.5d factor" (mm per pixel at the subject's depth) for mm.
+        (T, 17, 3) float32 root-relative 3D poses in metres with
+        `subject_height`, else in the model's normalised units: x, y, depth
+        scaled like x by 2 / W. Multiply those by W / 2 (`to_image_units`)
+        for pixels; the release then multiplies by a per-frame "2.5d factor"
+        (mm per pixel at the subject's depth) for mm.
 
     Raises:
         ValueError: bad keypoints (wrong joint or channel count, no frames, a
             joint missing in every frame), a bad image size, a model that
-            needs confidences without them, or bad options.
+            needs confidences without them, a subject_height that is not a
+            positive finite number, or bad options.
         TypeError: an override that is no `LiftOptions` field.
     """
     options = _with_overrides(options, overrides)
+    if subject_height is not None:
+        units.check_subject_height(subject_height)
     prepared = prepare_keypoints(
         keypoints_2d, keypoint_format=keypoint_format, image_size=image_size, confidences=confidences
     )
-    return lift_sequence(model, prepared.model_input(model.config.in_chans), options=options)
+    poses = lift_sequence(model, prepared.model_input(model.config.in_chans), options=options)
+    return poses if subject_height is None else units.scale_to_height(poses, subject_height)
 
 
 # Tracks seen in fewer frames are detector noise more often than people.
@@ -352,7 +362,8 @@ class LiftedPeople:
     """Several people lifted from one video; NaN wherever a person is absent.
 
     Attributes:
-        poses_3d: (P, T, 17, 3) float32 root-relative poses (see `lift`).
+        poses_3d: (P, T, 17, 3) float32 root-relative poses (see `lift`),
+            in metres when lifted with a subject_height.
         keypoints_2d: (P, T, 17, 2) float32 Human3.6M-order input, missing
             points filled, in the input's units.
         confidences: (P, T, 17) float32, or None when the input had none.
@@ -380,6 +391,7 @@ def lift_people(
     keypoint_format: str = "h36m",
     image_size=None,
     min_track_frames: int = MIN_TRACK_FRAMES,
+    subject_height: float | None = None,
     options: LiftOptions | None = None,
     **overrides,
 ) -> LiftedPeople:
@@ -399,6 +411,9 @@ def lift_people(
         keypoint_format: a key of `keypoints.LAYOUTS`.
         image_size: (W, H) in pixels, or None for normalised keypoints.
         min_track_frames: the fewest detected frames a track needs.
+        subject_height: a height in metres, or None: every person is then
+            scaled by their own measured height to stand that tall
+            (`units.scale_to_height`), whatever their distance from the camera.
         options: a `LiftOptions`, or None for the defaults.
         **overrides: `LiftOptions` fields replacing those of `options`.
 
@@ -407,7 +422,7 @@ def lift_people(
 
     Raises:
         ValueError: a wrong shape, ids that do not match, every track too
-            short, or bad keypoints or options (see `lift`).
+            short, or bad keypoints, subject_height or options (see `lift`).
         TypeError: an override that is no `LiftOptions` field.
     """
     options = _with_overrides(options, overrides)
@@ -419,6 +434,8 @@ def lift_people(
             f"got {keypoints_2d.shape}"
         )
     _check_positive_int("min_track_frames", min_track_frames)
+    if subject_height is not None:
+        units.check_subject_height(subject_height)
     present = ~np.isnan(keypoints_2d).all(axis=(-2, -1))
     counts = present.sum(axis=1)
     skipped = tuple(i for i, n in zip(person_ids, counts) if n < min_track_frames)
@@ -454,8 +471,11 @@ def lift_people(
     present = present[kept]
     absent = ~present[..., None, None]
     with_confidences = prepared[0].confidences is not None
+    poses_3d = np.where(absent, np.nan, gather(poses, np.nan, np.float32))
+    if subject_height is not None:
+        poses_3d = units.scale_to_height(poses_3d, subject_height)
     return LiftedPeople(
-        poses_3d=np.where(absent, np.nan, gather(poses, np.nan, np.float32)),
+        poses_3d=poses_3d,
         keypoints_2d=np.where(absent, np.nan, gather([q.xy for q in prepared], np.nan, np.float32)),
         confidences=gather([q.confidences for q in prepared], 0.0, np.float32) if with_confidences else None,
         filled=gather([q.filled for q in prepared], True, bool),
