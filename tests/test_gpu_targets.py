@@ -172,10 +172,10 @@ def _lift_forward(config, mesh):
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=replicated), params)
 
-    def forward(params, x):
+    def predict(params, x):
         return forward._predict_batch(graphdef, params, x, None, replicated)
 
-    return forward, (params, _clips(config, mesh))
+    return predict, (params, _clips(config, mesh))
 
 
 def _clips(config, mesh):
