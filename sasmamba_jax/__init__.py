@@ -16,6 +16,7 @@ _EXPORTS = {
     "LiftOptions": "sasmamba_jax.lifting.sequences",
     "SasMamba": "sasmamba_jax.model.sasmamba",
     "SasMambaConfig": "sasmamba_jax.model.sasmamba",
+    "StreamingLifter": "sasmamba_jax.lifting.streaming",
     "count_params": "sasmamba_jax.model.flops",
     "export_pytorch_state_dict": "sasmamba_jax.io.model_dirs",
     "lift": "sasmamba_jax.lifting.sequences",

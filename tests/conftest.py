@@ -1,5 +1,8 @@
 import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import fast_compile
 import pytest
@@ -54,3 +57,31 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
     return DATA_DIR
+
+
+# The README's promise for the bundled demo: `python train.py` on this 2-core CPU.
+DEMO_LIMIT_S = 600
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """``python train.py`` with no flags, as a user runs it: its workdir, exit, output and wall time.
+
+    Trained once per test session and shared by the slow tests marked
+    ``alone`` (the demo's own checks, streaming accuracy on the demo model),
+    which run one at a time with nothing beside them, so the time is the
+    user's. The run compiles as a user's does, without the suite's compile flags.
+    """
+    repo = pathlib.Path(__file__).parent.parent
+    workdir = tmp_path_factory.mktemp("demo_run") / "demo"
+    env = fast_compile.without_flags({**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(repo)})
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, str(repo / "train.py"), f"--workdir={workdir}"],
+        env=env,
+        cwd=workdir.parent,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_LIMIT_S,
+    )
+    return {"workdir": workdir, "result": result, "elapsed_s": time.time() - started}

@@ -4,6 +4,8 @@
         --image-size 1920 1080 --output out.npz --plot out.gif
     python -m sasmamba_jax.infer --checkpoint CKPT --input alphapose-results.json \\
         --image-size 1920 1080 --output out.npz --bvh person_{id}.bvh --csv out.csv
+    python -m sasmamba_jax.infer --checkpoint CKPT --input KP.npy --format coco \\
+        --image-size 1920 1080 --output out.npz --stream --latency 121
 
 Errors are reported on one line with exit status 2 (``cli.program``).
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +22,7 @@ from matplotlib import animation
 
 from sasmamba_jax.cli import program
 from sasmamba_jax.io.loader import load_model
-from sasmamba_jax.lifting import detector_files, keypoints, motion_export, pictures
+from sasmamba_jax.lifting import detector_files, keypoints, motion_export, pictures, units
 from sasmamba_jax.lifting.sequences import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
@@ -30,6 +33,7 @@ from sasmamba_jax.lifting.sequences import (
     lift_sequence,
     to_image_units,
 )
+from sasmamba_jax.lifting.streaming import StreamingLifter, replay
 from sasmamba_jax.model.precision import MATMUL_PRECISIONS
 
 ARRAY_FORMATS = keypoints.FORMATS
@@ -76,6 +80,9 @@ Output (--output, .npz):
   poses_3d      (T, 17, 3) root-relative 3D poses in normalised units
                 (x, y, depth; multiply by W / 2 for pixels).
   poses_3d_px   (T, 17, 3) the same in pixels (only with --image-size).
+  poses_3d_m    (T, 17, 3) the same in metres, scaled so that the person
+                stands --subject-height tall from ankle to head (only with
+                --subject-height; every person to that height).
   keypoints_2d  (T, 17, 2) the input in Human3.6M order, missing points
                 filled, in the input's units.
   confidences   (T, 17) (only when the input had confidences).
@@ -88,7 +95,10 @@ Output (--output, .npz):
   skipped.
 
 --bvh FILE writes a BVH animation per person (put {id} in the name when
-there are several), --csv FILE one row per (person, frame, joint).
+there are several), --csv FILE one row per (person, frame, joint). Their
+unit: metres with --subject-height (Blender's BVH importer, at its scale
+1.0, reads one BVH unit as one metre), else pixels with --image-size, else
+normalised units; the "wrote" line names it.
 """
 
 
@@ -163,10 +173,32 @@ def _parse_args(argv):
     parser.add_argument("--csv", help="also write one CSV row per (person, frame, joint)")
     parser.add_argument("--fps", type=float, default=25.0, help="the video's frame rate (--bvh, --plot)")
     parser.add_argument(
+        "--subject-height",
+        type=float,
+        default=None,
+        metavar="METRES",
+        help="the person's height, ankle to head: poses_3d_m, --bvh and --csv in metres",
+    )
+    parser.add_argument(
         "--flip-tta",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="flip test-time averaging (default: on; --no-flip-tta is 2x faster; export's default is off)",
+        default=None,
+        help="flip test-time averaging (default: on, off with --stream; --no-flip-tta is 2x faster; "
+        "export's default is off)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="lift frame by frame as from a camera (StreamingLifter; one person's array), report the delay",
+    )
+    parser.add_argument(
+        "--latency", type=int, default=None, help="--stream: frames of future context each frame waits for"
+    )
+    parser.add_argument(
+        "--hop",
+        type=int,
+        default=None,
+        help="--stream: frames between windows (default F / 4, <= F - latency)",
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per forward call")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="forward calls in flight")
@@ -183,7 +215,11 @@ def _parse_args(argv):
         default="resample",
         help="sequences shorter than the model: resample to its length and back, or run directly",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.flip_tta is None:
+        # Off for a stream: it doubles a window's time (lifting.streaming.StreamingLifter).
+        args.flip_tta = not args.stream
+    return args
 
 
 def _check_plot_path(path: str) -> None:
@@ -269,6 +305,75 @@ def _lift_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[
     return results, [0]
 
 
+def _check_stream_flags(args: argparse.Namespace, file_format: str) -> None:
+    """Refuses --latency/--hop without --stream, and --stream of several people."""
+    if not args.stream:
+        for flag, value in (("--latency", args.latency), ("--hop", args.hop)):
+            if value is not None:
+                raise ValueError(f"{flag} is a --stream option")
+        return
+    if args.latency is None:
+        raise ValueError("--stream needs --latency L, the frames of future context each frame waits for")
+    if file_format in detector_files.FILE_FORMATS:
+        raise ValueError(
+            f"--stream lifts one person's keypoint array (.npy or .json); {args.input} is a {file_format} "
+            "file of tracked people: lift it without --stream"
+        )
+
+
+def _stream_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
+    """One person's keypoint array pushed frame by frame through a `StreamingLifter`, as from a camera.
+
+    Returns the npz arrays of `_lift_array` and [0]; prints the delay and the throughput.
+    """
+    if args.person is not None:
+        raise ValueError("--person picks a track of a detector file; a keypoint array holds one person")
+    raw = read_keypoints(args.input)
+    file_format = array_format(raw, args.input, file_format)
+    if args.image_size is None:
+        xy, confidences = keypoints.split_confidences(raw, keypoint_format=file_format)
+        keypoints.check_normalised(xy, confidences, fix="--image-size W H")
+    # The whole file, checked and filled as offline, for the 2D arrays saved beside the poses.
+    prepared = keypoints.prepare_keypoints(raw, keypoint_format=file_format, image_size=args.image_size)
+    lifter = StreamingLifter(
+        load_model(args.checkpoint),
+        latency=args.latency,
+        hop=args.hop,
+        keypoint_format=file_format,
+        image_size=args.image_size,
+        flip_tta=args.flip_tta,
+        matmul_precision=args.matmul_precision,
+    )
+    with warnings.catch_warnings():
+        # prepare_keypoints above warned about the missing points already.
+        warnings.filterwarnings("ignore", "missing keypoints are filled")
+        streamed = replay(lifter, raw)
+    frame_ms = 1000 / args.fps
+    # The frames the flush returned waited for no later frame: the live delay is the others'.
+    live = ~streamed.flushed if not streamed.flushed.all() else streamed.flushed
+    delays = streamed.delay_frames[live]
+    print(
+        f"streamed {len(raw)} frames (latency {lifter.latency}, hop {lifter.hop}, "
+        f"window {lifter.num_frames}): {streamed.frames_per_second:.1f} frames/s, "
+        f"{streamed.steady_frames_per_second:.1f} after the first window (which compiles)"
+    )
+    print(
+        f"delay per frame: {delays.min()}-{delays.max()} frames (mean {delays.mean():.1f}: latency "
+        f"{lifter.latency} + 0-{lifter.hop - 1} waiting for the hop) = {delays.min() * frame_ms:.0f}-"
+        f"{delays.max() * frame_ms:.0f} ms at {args.fps:g} fps, plus a window's compute "
+        f"(pushes: mean {1000 * streamed.push_seconds.mean():.0f} ms, max "
+        f"{1000 * streamed.push_seconds.max():.0f} ms)"
+    )
+    print(
+        "measured with the frames pushed back to back: "
+        f"{1000 * streamed.delay_seconds[live].mean():.0f} ms from a frame's push to its pose (mean)"
+    )
+    results = {"poses_3d": streamed.poses, "keypoints_2d": prepared.xy, "filled": prepared.filled}
+    if prepared.confidences is not None:
+        results["confidences"] = prepared.confidences
+    return results, [0]
+
+
 def _lift_detections(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
     """Every person (or --person) of a detector file lifted: the npz arrays and the ids."""
     if args.image_size is None:
@@ -334,16 +439,23 @@ def _plot(args: argparse.Namespace, results: dict, image_size) -> None:
 
 
 def _export(args: argparse.Namespace, results: dict, person_ids: list[int]) -> None:
-    """Writes --bvh and --csv from the lifted poses, in pixels when the image size is known."""
-    poses = results.get("poses_3d_px", results["poses_3d"])
+    """Writes --bvh and --csv from the lifted poses: in metres with --subject-height, else in
+    pixels when the image size is known, else in normalised units; each "wrote" line names the unit.
+    """
+    if "poses_3d_m" in results:
+        poses, unit = results["poses_3d_m"], "metres"
+    elif "poses_3d_px" in results:
+        poses, unit = results["poses_3d_px"], "pixels; --subject-height METRES for metres"
+    else:
+        poses, unit = results["poses_3d"], "normalised units; --subject-height METRES for metres"
     people = poses if poses.ndim == 4 else poses[None]
     if args.bvh:
         for path, person in zip(motion_export.bvh_paths(args.bvh, person_ids), people):
             motion_export.write_bvh(path, person, fps=args.fps)
-            print(f"wrote {path}")
+            print(f"wrote {path} (in {unit})")
     if args.csv:
         motion_export.write_csv(args.csv, people, person_ids)
-        print(f"wrote {args.csv}")
+        print(f"wrote {args.csv} (in {unit})")
 
 
 def lift_file(args: argparse.Namespace) -> None:
@@ -354,14 +466,21 @@ def lift_file(args: argparse.Namespace) -> None:
         _check_plot_path(args.plot)
     if not (args.fps > 0 and np.isfinite(args.fps)):
         raise ValueError(f"--fps must be a positive number, got {args.fps}")
+    if args.subject_height is not None:
+        units.check_subject_height(args.subject_height, name="--subject-height")
     image_size = None if args.image_size is None else keypoints.check_image_size(args.image_size)
     file_format = resolve_format(args.input, args.format)
-    if file_format in detector_files.FILE_FORMATS:
+    _check_stream_flags(args, file_format)
+    if args.stream:
+        results, person_ids = _stream_array(args, file_format)
+    elif file_format in detector_files.FILE_FORMATS:
         results, person_ids = _lift_detections(args, file_format)
     else:
         results, person_ids = _lift_array(args, file_format)
     if image_size is not None:
         results["poses_3d_px"] = to_image_units(results["poses_3d"], image_size)
+    if args.subject_height is not None:
+        results["poses_3d_m"] = units.scale_to_height(results["poses_3d"], args.subject_height)
     np.savez(args.output, **{name: array for name, array in results.items() if array is not None})
     frames = results["poses_3d"].shape[-3]
     print(f"wrote {args.output}: {frames} frames, {len(person_ids)} person(s)")
