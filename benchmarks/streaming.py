@@ -10,7 +10,8 @@ to 0, scaled by the camera width / 2 and the frame's 2.5d factor, compared
 with the root-relative ``joints_2.5d_image``; P1 (MPJPE) and P2 (P-MPJPE) in
 mm are pooled over the frames of all videos (not averaged per action).
 Streaming uses hop 1 by default, so every frame sees exactly its latency of
-future frames; flip averaging is off for both unless ``--flip-tta``. A
+future frames (and is averaged over the latency + 1 windows ending from it
+to its last future frame); flip averaging is off for both unless ``--flip-tta``. A
 random model makes these numbers meaningless (it only runs the code, as
 the tests do with ``--sequences 2``).
 

@@ -1,4 +1,4 @@
-"""The streaming lifter: order, delay, the window each frame is read from, missing points, compiles."""
+"""The streaming lifter: order, delay, the windows each frame is averaged over, missing points, compiles."""
 
 import json
 import pathlib
@@ -55,13 +55,34 @@ def pushed_and_returned(lifter, inputs):
     return log
 
 
-def reference_pose(model, inputs, t, latency, hop):
-    """Frame t's pose from its definition: one window ending `future` frames after t, first frame repeated."""
+def final_window_end(t, num_inputs, latency, hop):
+    """The end of the window that makes frame t final: its chunk's last frame + latency, or the last frame."""
     chunk_last = (t // hop) * hop + hop - 1
-    end = min(chunk_last + latency, len(inputs) - 1)
+    return min(chunk_last + latency, num_inputs - 1)
+
+
+def window_output(model, inputs, end):
+    """The model's (F, 17, 3) output for the window ending at frame `end`, frame 0 repeated before it."""
     padded = np.concatenate([np.repeat(inputs[:1], FRAMES, axis=0), inputs[: end + 1]])
-    window = padded[-FRAMES:]
-    return forward.predict(model, window[None])[0, FRAMES - 1 - (end - t)]
+    return forward.predict(model, padded[-FRAMES:][None])[0]
+
+
+def reference_poses(model, inputs, latency, hop):
+    """Every frame's pose from its definition: the mean over the windows containing it, ending by its return.
+
+    The windows computed are the final windows of every frame (one per chunk
+    of `hop`, the last one the flush's); frame t is averaged over those
+    ending between t and its own final window's end.
+    """
+    num_inputs = len(inputs)
+    ends = sorted({final_window_end(t, num_inputs, latency, hop) for t in range(num_inputs)})
+    outputs = {end: window_output(model, inputs, end) for end in ends}
+    poses = []
+    for t in range(num_inputs):
+        final = final_window_end(t, num_inputs, latency, hop)
+        reads = [outputs[end][FRAMES - 1 - (end - t)] for end in ends if t <= end <= final]
+        poses.append(np.mean(np.asarray(reads, np.float64), axis=0))
+    return np.stack(poses)
 
 
 @pytest.mark.parametrize("latency, hop", [(0, 1), (3, 1), (3, 4), (FRAMES - 1, 1), (2, FRAMES - 2)])
@@ -77,37 +98,69 @@ def test_every_frame_once_in_order_and_never_early(model, latency, hop):
 
 
 @pytest.mark.parametrize("latency, hop", [(0, 1), (3, 1), (FRAMES - 1, 1), (3, 4), (1, FRAMES - 1)])
-def test_each_frame_is_the_model_output_at_its_window_position(model, latency, hop):
+def test_each_frame_is_the_average_over_the_windows_that_contain_it_up_to_its_own(model, latency, hop):
     inputs = random_inputs(21, seed=1)
     lifter = StreamingLifter(model, latency=latency, hop=hop)
     poses = dict(lifter.stream(inputs))
+    expected = reference_poses(model, inputs, latency, hop)
     for t in range(len(inputs)):
         assert poses[t].shape == (17, 3) and poses[t].dtype == np.float32
-        np.testing.assert_allclose(poses[t], reference_pose(model, inputs, t, latency, hop), atol=1e-5)
+        np.testing.assert_allclose(poses[t], expected[t], atol=1e-5)
 
 
-def test_hop_one_reads_frame_t_at_position_f_minus_1_minus_latency(model):
+@pytest.mark.parametrize("hop", [1, 3])
+def test_at_latency_0_a_frame_is_the_one_window_that_returns_it(model, hop):
+    """No window ending before t contains t, so latency 0 reads one window: its chunk's last frame's."""
+    inputs = random_inputs(14, seed=12)
+    poses = dict(StreamingLifter(model, latency=0, hop=hop).stream(inputs))
+    for t in range(len(inputs)):
+        end = min((t // hop) * hop + hop - 1, len(inputs) - 1)
+        window = np.concatenate([np.repeat(inputs[:1], FRAMES, axis=0), inputs[: end + 1]])[-FRAMES:]
+        expected = forward.predict(model, window[None])[0, FRAMES - 1 - (end - t)]
+        np.testing.assert_allclose(poses[t], expected, atol=1e-5)
+
+
+def test_hop_one_averages_the_windows_ending_t_to_t_plus_latency(model):
     latency = 4
     inputs = random_inputs(15, seed=2)
     poses = dict(StreamingLifter(model, latency=latency, hop=1).stream(inputs))
     t = 10
-    window = inputs[t + latency - FRAMES + 1 : t + latency + 1]
-    expected = forward.predict(model, window[None])[0, FRAMES - 1 - latency]
-    np.testing.assert_allclose(poses[t], expected, atol=1e-5)
-    # At the start the past is the first frame repeated.
-    padded = np.concatenate([np.repeat(inputs[:1], FRAMES - 1 - latency, axis=0), inputs[: latency + 1]])
-    np.testing.assert_allclose(
-        poses[0], forward.predict(model, padded[None])[0, FRAMES - 1 - latency], atol=1e-5
-    )
+    reads = [
+        forward.predict(model, inputs[end - FRAMES + 1 : end + 1][None])[0, FRAMES - 1 - (end - t)]
+        for end in range(t, t + latency + 1)
+    ]
+    np.testing.assert_allclose(poses[t], np.mean(reads, axis=0), atol=1e-5)
+    # At the start the past is the first frame repeated, and the first window ends at frame `latency`:
+    # frame 2 is in those ending at 4, 5 and 6 only.
+    reads = []
+    for end in range(latency, 2 + latency + 1):
+        padded = np.concatenate([np.repeat(inputs[:1], FRAMES - 1 - end, axis=0), inputs[: end + 1]])
+        reads.append(forward.predict(model, padded[None])[0, FRAMES - 1 - (end - 2)])
+    np.testing.assert_allclose(poses[2], np.mean(reads, axis=0), atol=1e-5)
 
 
-def test_at_the_full_latency_a_window_is_offline_lifts_window(model):
-    """Latency F - 1: frame t is the first frame of the window starting at t, as in lift's windows."""
+def test_a_hop_averages_only_the_windows_computed_one_per_hop(model):
+    """Latency 3, hop 2: windows end at 4, 6, 8, ... (each chunk's last frame + 3)."""
+    inputs = random_inputs(20, seed=13)
+    poses = dict(StreamingLifter(model, latency=3, hop=2).stream(inputs))
+
+    def read(end, t):
+        return forward.predict(model, inputs[end - FRAMES + 1 : end + 1][None])[0, FRAMES - 1 - (end - t)]
+
+    # Frames 10 and 11 are returned by the window ending at 14; 10 is also in those ending at 10 and 12.
+    np.testing.assert_allclose(poses[10], np.mean([read(10, 10), read(12, 10), read(14, 10)], 0), atol=1e-5)
+    np.testing.assert_allclose(poses[11], np.mean([read(12, 11), read(14, 11)], 0), atol=1e-5)
+
+
+def test_at_the_full_latency_a_frame_is_averaged_over_every_window_that_contains_it(model):
+    """Latency F - 1, hop 1: frame t at every position, F - 1 (window ending at t) to 0, as lift averages."""
     inputs = random_inputs(20, seed=3)
     poses = dict(StreamingLifter(model, latency=FRAMES - 1, hop=1).stream(inputs))
-    for t in (0, 5, 11):
-        expected = forward.predict(model, inputs[t : t + FRAMES][None])[0, 0]
-        np.testing.assert_allclose(poses[t], expected, atol=1e-5)
+    t = 11
+    reads = [
+        forward.predict(model, inputs[start : start + FRAMES][None])[0, t - start] for start in range(3, 12)
+    ]
+    np.testing.assert_allclose(poses[t], np.mean(reads, axis=0), atol=1e-5)
 
 
 def test_flush_gives_the_last_frames_the_future_there_is(model):
@@ -117,12 +170,29 @@ def test_flush_gives_the_last_frames_the_future_there_is(model):
         lifter.push(frame)
     rest = lifter.flush()
     assert [index for index, _ in rest] == list(range(7, 12))
-    window = inputs[12 - FRAMES :]
-    expected = forward.predict(model, window[None])[0]
+    # The last push's window ends at frame 11, as the flush's would: counted once, not twice.
+    expected = reference_poses(model, inputs, 5, 1)
     for index, pose in rest:
-        np.testing.assert_allclose(pose, expected[FRAMES - 12 + index], atol=1e-5)
+        np.testing.assert_allclose(pose, expected[index], atol=1e-5)
+    np.testing.assert_allclose(
+        rest[-1][1], forward.predict(model, inputs[12 - FRAMES :][None])[0, -1], atol=1e-5
+    )
     # The lifter starts a new stream.
     assert lifter.frames_pushed == 0 and lifter.flush() == []
+
+
+def test_flush_adds_its_window_to_the_frames_still_waiting(model):
+    """Latency 2, hop 4, 12 frames: pushes compute the windows ending at 5 and 9; the flush the one at 11."""
+    inputs = random_inputs(12, seed=14)
+    lifter = StreamingLifter(model, latency=2, hop=4)
+    for frame in inputs:
+        lifter.push(frame)
+    rest = dict(lifter.flush())
+    assert list(rest) == [8, 9, 10, 11]
+    by_9 = forward.predict(model, inputs[1:10][None])[0]
+    by_11 = forward.predict(model, inputs[3:12][None])[0]
+    np.testing.assert_allclose(rest[8], (by_9[7] + by_11[5]) / 2, atol=1e-5)
+    np.testing.assert_allclose(rest[10], by_11[7], atol=1e-5)
 
 
 def test_missing_keypoints_are_filled_from_frames_already_pushed(model):
@@ -134,13 +204,13 @@ def test_missing_keypoints_are_filled_from_frames_already_pushed(model):
     with pytest.warns(UserWarning, match="missing keypoints are filled"):
         streamed = dict(StreamingLifter(model, latency=4, hop=1).stream(with_gap))
     expected = dict(StreamingLifter(model, latency=4, hop=1).stream(filled))
-    # Frames 2-4 are read from windows ending inside the gap (see the next test).
-    for t in (0, 1, *range(5, 16)):
+    # Frames 2-8 are averaged over windows ending inside the gap (see the next test).
+    for t in (0, 1, *range(9, 16)):
         np.testing.assert_allclose(streamed[t], expected[t], atol=1e-5)
 
 
 def test_a_gap_not_closed_yet_holds_the_last_value_seen(model):
-    """Frame 6's window ends at frame 8, before the joint is back: its last value is held, as lift would."""
+    """Frame 6's windows end at 6-8, before the joint is back: its last value is held, as lift would."""
     inputs = random_inputs(14, seed=6).astype(np.float64)
     with_gap = inputs.copy()
     with_gap[5:11, 2] = np.nan
@@ -148,7 +218,7 @@ def test_a_gap_not_closed_yet_holds_the_last_value_seen(model):
     held[5:9, 2] = inputs[4, 2]
     with pytest.warns(UserWarning):
         streamed = dict(StreamingLifter(model, latency=2, hop=1).stream(with_gap))
-    np.testing.assert_allclose(streamed[6], reference_pose(model, held[:9], 6, 2, 1), atol=1e-5)
+    np.testing.assert_allclose(streamed[6], reference_poses(model, held[:9], 2, 1)[6], atol=1e-5)
 
 
 def test_confidence_zero_is_missing_and_a_joint_not_seen_yet_holds_its_frames(model):

@@ -5,8 +5,12 @@ have arrived: with latency L, frame t waits for frame t + L. Windows of the
 model's F frames end at the newest frame they need and are computed every
 `hop` frames, each returning the `hop` oldest frames still waiting, so the
 model runs once per `hop` frames rather than once per frame; the price is up
-to hop - 1 frames of extra delay. Every window has the same (1, F, 17, C)
-shape, so one compiled program serves the whole stream.
+to hop - 1 frames of extra delay. A frame's pose is the average of the
+model's outputs for it over every window computed so far that contains it,
+up to the one that returns it (as offline `lift` averages overlapping
+windows): no extra delay and no extra windows, only a running sum per frame
+still waiting. Every window has the same (1, F, 17, C) shape, so one
+compiled program serves the whole stream.
 
 Letters: F the model's frames, L the latency in frames, h the hop, K
 keypoints per frame of the input layout, C input channels, J = 17 joints.
@@ -60,13 +64,19 @@ class StreamingLifter:
 
     Frame t is returned by the push of frame t + L + k for some 0 <= k < h
     (never before frame t + L is pushed): the frames are returned in chunks
-    of h, each from one window ending at the chunk's last frame + L. So a
-    frame sees L to L + h - 1 frames of future context (the oldest frame of
-    a chunk L + h - 1, its newest L) and F - 1 - (that) frames of past, and
-    its pose is the model's output at window position F - 1 - (future
-    frames). `flush` returns the frames still waiting, each with the
-    future that exists (the stream has ended). Poses depend only on the
-    frames pushed, never on when windows happen to be computed.
+    of h, made final by one window ending at the chunk's last frame + L. So
+    a frame sees L to L + h - 1 frames of future context (the oldest frame
+    of a chunk L + h - 1, its newest L). Its pose is the average of the
+    model's outputs for it over every window computed that contains it and
+    ends by then: those ending between t and t + L + k, one per hop, frame
+    t at window position F - 1 - (the window's end - t). At latency 0 that
+    is the one window that returns it; at latency F - 1 and hop 1 it is
+    every window that contains it, from position F - 1 to 0 (offline `lift`
+    averages its windows too); the first window ends at frame L + h - 1,
+    so the first frames have fewer. `flush` returns the frames still waiting,
+    with one more window ending at the last frame (the future that exists:
+    the stream has ended). Poses depend only on the frames pushed, never on
+    when windows happen to be computed.
 
     Before F frames have arrived, a window's past is padded by repeating the
     stream's first frame: offline `lift` stretches a short sequence to F
@@ -149,6 +159,12 @@ class StreamingLifter:
         self._first_seen: np.ndarray | None = None
         self._warned_missing = False
         self._warned_held = False
+        # A ring over frames, slot t % F: the sum of the model's outputs for
+        # frame t over the windows computed so far (float64), and their count,
+        # for the frames not returned yet (at most F of them have any).
+        self._pose_sums = np.zeros((self.num_frames, skeleton.NUM_JOINTS, 3))
+        self._pose_counts = np.zeros(self.num_frames, np.int64)
+        self._last_window_end = -1
 
     @property
     def frames_pushed(self) -> int:
@@ -250,26 +266,46 @@ class StreamingLifter:
             window_end = min(last + self.latency, pushed - 1)
             # At the end every chunk left reads the same last window: it holds them all (fewer than F).
             last = pushed - 1 if final and window_end == pushed - 1 else last
-            try:
-                window = self._model_window(window_end)
-            except _JointNotSeen as error:
-                if final:
-                    raise ValueError(error.message) from None
-                self._warn_held(error.joints)
-                break
-            poses = predict_batch(
-                self._graphdef,
-                self._params,
-                window[None],
-                flip_permutation=self._flip_permutation,
-                mesh=self._mesh,
-                matmul_precision=self._matmul_precision,
-            )[0]
+            # The flush's window may be the last push's (the stream ended on a window): added once.
+            if window_end != self._last_window_end:
+                try:
+                    window = self._model_window(window_end)
+                except _JointNotSeen as error:
+                    if final:
+                        raise ValueError(error.message) from None
+                    self._warn_held(error.joints)
+                    break
+                poses = predict_batch(
+                    self._graphdef,
+                    self._params,
+                    window[None],
+                    flip_permutation=self._flip_permutation,
+                    mesh=self._mesh,
+                    matmul_precision=self._matmul_precision,
+                )[0]
+                self._add_window(window_end, poses)
             for index in range(self._next_out, last + 1):
-                results.append((index, poses[self.num_frames - 1 - (window_end - index)]))
+                slot = index % self.num_frames
+                pose = self._pose_sums[slot] / self._pose_counts[slot]
+                results.append((index, pose.astype(np.float32)))
+                self._pose_sums[slot] = 0
+                self._pose_counts[slot] = 0
             self._next_out = last + 1
         self._forget_old_frames()
         return results
+
+    def _add_window(self, window_end: int, poses) -> None:
+        """Adds the model's outputs (F, 17, 3) of the window ending at `window_end` to its waiting frames.
+
+        Frame t sits at window position F - 1 - (window_end - t). A frame
+        waits for at most F - 1 frames after it (L + h - 1), so its slot is
+        free again before frame t + F, the next to use it, enters a window.
+        """
+        indices = np.arange(max(window_end - self.num_frames + 1, self._next_out), window_end + 1)
+        slots = indices % self.num_frames
+        self._pose_sums[slots] += np.asarray(poses, np.float64)[self.num_frames - 1 - (window_end - indices)]
+        self._pose_counts[slots] += 1
+        self._last_window_end = window_end
 
     def _warn_held(self, joints: str) -> None:
         if not self._warned_held:
