@@ -23,6 +23,7 @@ from flax import nnx
 from sasmamba_jax.configs import tiny
 
 from sasmamba_jax.io import workdirs
+from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.train import checkpoints, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,8 +187,8 @@ def test_two_processes_train_like_one_and_save_latest_and_best_at_the_same_steps
         saved_by_best = _leaves(_restore_arrays(best, best_step)[0])
         saved_by_latest = _leaves(_restore_arrays(latest, best_step)[0])
         assert all(map(np.array_equal, saved_by_best, saved_by_latest))
-    pair = _param_leaves(loader.load_model(pair_dir))
-    single = _param_leaves(loader.load_model(single_dir))
+    pair = _param_leaves(load_model(pair_dir))
+    single = _param_leaves(load_model(single_dir))
     initial = _param_leaves(recipe.create_model(tiny.get_config()))
     assert len(pair) == len(single) == len(initial) > 0
     # Both runs trained: the parameters left their (shared) initial values.
