@@ -421,6 +421,7 @@ def test_cli_stream_refuses_a_detector_file_of_people(model_dir, tmp_path, capsy
     assert err.count("\n") == 0 and "--stream lifts one person's keypoint array" in err, err
 
 
+@pytest.mark.slow  # runs the benchmark script end to end: 14 s, the default run's slowest test
 def test_the_benchmark_scores_streaming_and_offline_alike(model_dir, tmp_path):
     results = tmp_path / "streaming.jsonl"
     completed = subprocess.run(
