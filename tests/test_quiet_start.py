@@ -34,7 +34,8 @@ def _run(command: list[str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def _noise(stderr: str) -> list[str]:
+def noise_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` from libtpu or the CUDA plugin."""
     return [line for line in stderr.splitlines() if any(word in line.lower() for word in NOISE)]
 
 
@@ -46,7 +47,7 @@ def test_import_starts_jax_on_the_cpu_quietly(tmp_path, order):
     result = _run([sys.executable, "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["cpu", "['cpu']"]
-    assert not _noise(result.stderr), result.stderr
+    assert not noise_lines(result.stderr), result.stderr
 
 
 def _touch(path: pathlib.Path, text: str = "") -> None:

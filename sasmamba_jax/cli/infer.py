@@ -287,22 +287,38 @@ def _lift_options(args: argparse.Namespace) -> LiftOptions:
     )
 
 
-def _lift_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
-    """One person's keypoint array lifted: the npz arrays (T, ...) and the id list [0]."""
+def _read_array(args: argparse.Namespace, file_format: str):
+    """One person's keypoint file, checked and filled as for lifting.
+
+    Returns:
+        (raw (T, K, 2|3) as read, its layout, `keypoints.PreparedKeypoints`).
+    """
     if args.person is not None:
         raise ValueError("--person picks a track of a detector file; a keypoint array holds one person")
     raw = read_keypoints(args.input)
     file_format = array_format(raw, args.input, file_format)
     if args.image_size is None:
+        # prepare_keypoints refuses pixels too; checked here to name the flag that fixes it.
         xy, confidences = keypoints.split_confidences(raw, keypoint_format=file_format)
         keypoints.check_normalised(xy, confidences, fix="--image-size W H")
     prepared = keypoints.prepare_keypoints(raw, keypoint_format=file_format, image_size=args.image_size)
-    model = load_model(args.checkpoint)
-    poses_3d = lift_sequence(model, prepared.model_input(model.config.in_chans), options=_lift_options(args))
+    return raw, file_format, prepared
+
+
+def _array_results(poses_3d: np.ndarray, prepared) -> tuple[dict, list[int]]:
+    """The npz arrays (T, ...) of one person's lifted keypoint array, and the id list [0]."""
     results = {"poses_3d": poses_3d, "keypoints_2d": prepared.xy, "filled": prepared.filled}
     if prepared.confidences is not None:
         results["confidences"] = prepared.confidences
     return results, [0]
+
+
+def _lift_array(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
+    """One person's keypoint array lifted: the npz arrays (T, ...) and the id list [0]."""
+    _, _, prepared = _read_array(args, file_format)
+    model = load_model(args.checkpoint)
+    poses_3d = lift_sequence(model, prepared.model_input(model.config.in_chans), options=_lift_options(args))
+    return _array_results(poses_3d, prepared)
 
 
 def _check_stream_flags(args: argparse.Namespace, file_format: str) -> None:
@@ -326,15 +342,8 @@ def _stream_array(args: argparse.Namespace, file_format: str) -> tuple[dict, lis
 
     Returns the npz arrays of `_lift_array` and [0]; prints the delay and the throughput.
     """
-    if args.person is not None:
-        raise ValueError("--person picks a track of a detector file; a keypoint array holds one person")
-    raw = read_keypoints(args.input)
-    file_format = array_format(raw, args.input, file_format)
-    if args.image_size is None:
-        xy, confidences = keypoints.split_confidences(raw, keypoint_format=file_format)
-        keypoints.check_normalised(xy, confidences, fix="--image-size W H")
     # The whole file, checked and filled as offline, for the 2D arrays saved beside the poses.
-    prepared = keypoints.prepare_keypoints(raw, keypoint_format=file_format, image_size=args.image_size)
+    raw, file_format, prepared = _read_array(args, file_format)
     lifter = StreamingLifter(
         load_model(args.checkpoint),
         latency=args.latency,
@@ -368,10 +377,7 @@ def _stream_array(args: argparse.Namespace, file_format: str) -> tuple[dict, lis
         "measured with the frames pushed back to back: "
         f"{1000 * streamed.delay_seconds[live].mean():.0f} ms from a frame's push to its pose (mean)"
     )
-    results = {"poses_3d": streamed.poses, "keypoints_2d": prepared.xy, "filled": prepared.filled}
-    if prepared.confidences is not None:
-        results["confidences"] = prepared.confidences
-    return results, [0]
+    return _array_results(streamed.poses, prepared)
 
 
 def _lift_detections(args: argparse.Namespace, file_format: str) -> tuple[dict, list[int]]:
