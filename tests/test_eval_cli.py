@@ -122,7 +122,7 @@ def workdir(tmp_path_factory):
         config.data.test_stride = 81
         config.eval.batch_size = 16
         config.eval.flip = False
-    abstract = jax.eval_shape(lambda: recipe.create_train_state(config, recipe.create_model(config)))
+    abstract = recipe.abstract_train_state(config)
     state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
     directory = tmp_path_factory.mktemp("workdir")
     latest, best = checkpoints.checkpoint_managers(str(directory), keep=1)

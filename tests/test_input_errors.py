@@ -114,7 +114,7 @@ def test_resuming_a_workdir_of_another_model_ends_in_one_line(tmp_path, capsys):
     with other.unlocked():
         other.model.dim = 16
     # Zeros of the other model's shapes: nothing to compile.
-    abstract = jax.eval_shape(lambda: recipe.create_train_state(other, recipe.create_model(other)))
+    abstract = recipe.abstract_train_state(other)
     state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
     latest, best = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
     latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, other))

@@ -175,7 +175,7 @@ def random_workdir(tmp_path_factory):
     """A train.py workdir holding one checkpoint of random parameters (nothing compiled)."""
     workdir = tmp_path_factory.mktemp("random")
     config = _small_config()
-    abstract = jax.eval_shape(lambda: recipe.create_train_state(config, recipe.create_model(config)))
+    abstract = recipe.abstract_train_state(config)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype), abstract.params)
     state = abstract.with_arrays(

@@ -73,10 +73,7 @@ def _leaves_with_paths(tree):
 
 def _train_on_mesh(config, model, mesh, batches, record, prefix):
     """A fresh state placed on ``mesh`` as train_and_evaluate places it, then STEPS steps."""
-    state = recipe.create_train_state(config, model, steps_per_epoch=100)
-    shardings = sharding.tree_shardings(mesh, state.arrays())
-    host_arrays = jax.device_get(state.arrays())
-    state = state.with_arrays(sharding.put_replicated_host_tree(host_arrays, shardings))
+    state = recipe.place_state(recipe.create_train_state(config, model, steps_per_epoch=100), mesh)
     placed = [leaf.sharding for _, leaf in _leaves_with_paths(state.arrays())]
     for name, leaf in _leaves_with_paths(state.params):
         # A copy: a zero-copy view would keep the buffer alive and stop its donation.

@@ -114,14 +114,31 @@ def release_run(data_dir, release, release_config):
     step's metrics and the eval-mode predictions before each step.
     """
     state = recipe.create_train_state(release_config, _release_model(data_dir, "release"))
-    before, metrics, predictions = [], [], []
+    before, metrics, predictions, compiled = [], [], [], []
     for step in range(RELEASE_STEPS):
         model = recipe.model_from_state(state)
         predictions.append(np.asarray(predict(model, release[f"x{step}"])))
         before.append(_host_copy(state.arrays()))
-        state, step_metrics = recipe.train_step(state, _release_batch(release, step))
+        with count_compilations() as step_compiles:
+            state, step_metrics = recipe.train_step(state, _release_batch(release, step))
+        compiled.append(step_compiles)
         metrics.append(jax.device_get(step_metrics))
-    return {"state": state, "before": before, "metrics": metrics, "predictions": predictions}
+    return {
+        "state": state,
+        "before": before,
+        "metrics": metrics,
+        "predictions": predictions,
+        "compiled": compiled,
+    }
+
+
+def test_the_step_api_compiles_its_step_once(release_run):
+    """create_train_state places the new arrays where train_step returns them: the second
+    step reuses the first one's program (a fresh state's scalars on one device used to make
+    it compile again)."""
+    first, *later = release_run["compiled"]
+    assert "jit(_train_step)" in first, first
+    assert later == [[]] * (RELEASE_STEPS - 1), later
 
 
 def test_initial_parameters_are_the_release_checkpoint(release, release_run):

@@ -27,7 +27,14 @@ from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
 from sasmamba_jax.parallel import sharding
 from sasmamba_jax.train import checkpoints, curves, memory, recipe
 from sasmamba_jax.train.metric_writers import MetricWriter
-from sasmamba_jax.train.recipe import TrainState, create_model, create_train_state, model_config, train_step
+from sasmamba_jax.train.recipe import (
+    TrainState,
+    create_model,
+    create_train_state,
+    model_config,
+    place_state,
+    train_step,
+)
 
 RESULTS_FILE = "results.json"
 
@@ -64,11 +71,6 @@ class _Schedule:
 
     def due(self, step: int, every: int) -> bool:
         return step % every == 0 or step == self.total_steps
-
-
-def _place_state(state: TrainState, mesh) -> TrainState:
-    shardings = sharding.tree_shardings(mesh, state.arrays())
-    return state.with_arrays(sharding.put_replicated_host_tree(jax.device_get(state.arrays()), shardings))
 
 
 def _initial_model(config) -> SasMamba:
@@ -188,7 +190,7 @@ def _start_or_resume(config, mesh, workdir: str, loader: ClipLoader, is_writer: 
     Returns:
         (state, the ``latest`` checkpoint manager, the ``best`` one).
     """
-    state = _place_state(
+    state = place_state(
         create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch), mesh
     )
     latest, best = checkpoints.checkpoint_managers(workdir, config.keep_checkpoints)

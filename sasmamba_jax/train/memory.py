@@ -26,8 +26,7 @@ from sasmamba_jax import skeleton, targets
 from sasmamba_jax.parallel import sharding
 from sasmamba_jax.train.recipe import (
     TrainState,
-    create_model,
-    create_train_state,
+    abstract_train_state,
     memory_settings,
     model_config,
     train_step,
@@ -222,7 +221,7 @@ def abstract_train_step_args(
     Returns:
         (state, {"input_2d": (B, T, 17, C_in), "target_3d": (B, T, 17, 3)}).
     """
-    state = jax.eval_shape(lambda: create_train_state(config, create_model(config)))
+    state = abstract_train_state(config)
     arrays = state.arrays()
     shardings = sharding.tree_shardings(mesh, arrays)
     state = state.with_arrays(

@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx, struct
+from jax.sharding import Mesh
 
 from sasmamba_jax.io.workdirs import training_model_config
 from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.parallel import sharding
 from sasmamba_jax.train import losses
 
 
@@ -134,14 +136,30 @@ def _adamw(learning_rate, lr_decay, steps_per_epoch, *, b1, b2, eps, weight_deca
 def create_train_state(
     config: ml_collections.ConfigDict, model: SasMamba, *, steps_per_epoch: int | None = None
 ) -> TrainState:
-    """Wraps a model into a fresh training state.
+    """Wraps a model into a fresh training state, on the devices of the model's parameters.
 
     Args:
         config: a training config (``optimizer.*``, ``seed``).
         model: the model to train; its parameters are taken as they are.
         steps_per_epoch: enables the per-epoch learning-rate decay (constant
             learning rate when None).
+
+    Every new array (the step, AdamW's moments, the key) is placed on the
+    parameters' mesh (``place_state``), as ``train_step`` returns them: left
+    on one device, they would make the second step compile again.
     """
+    state = _new_train_state(config, model, steps_per_epoch)
+    return place_state(state, sharding.params_mesh(state.params))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
+    """The shapes and dtypes of ``create_train_state(config, create_model(config))``; nothing allocated."""
+    return jax.eval_shape(lambda: _new_train_state(config, create_model(config), None))
+
+
+def _new_train_state(
+    config: ml_collections.ConfigDict, model: SasMamba, steps_per_epoch: int | None
+) -> TrainState:
     tx = optimizer(config, steps_per_epoch)
     _, num_microbatches = memory_settings(config)
     if num_microbatches < 1 or config.batch_size % num_microbatches:
@@ -159,6 +177,17 @@ def create_train_state(
         tx=tx,
         num_microbatches=num_microbatches,
     )
+
+
+def place_state(state: TrainState, mesh: Mesh) -> TrainState:
+    """``state`` with every array on ``mesh`` by ``sharding.place_params``' rule.
+
+    AdamW's moments are laid out as their parameters, the scalars replicated.
+
+    Arrays already placed so stay where they are; the others must be the same
+    on every process.
+    """
+    return state.with_arrays(sharding.place_params(state.arrays(), mesh))
 
 
 def loss_and_grads(
