@@ -3,8 +3,6 @@
 import json
 import os
 
-from tensorboardX import SummaryWriter
-
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -28,6 +26,11 @@ class MetricWriter:
         if os.path.exists(path):
             _drop_rows_after(path, resume_step)
         self._jsonl = open(path, "a")
+        # Imported here: tensorboardX imports torch where it is installed (1.5 s),
+        # which only the writing process needs, once it writes; not train.py's
+        # --help, its flag errors, or the other processes of a multi-host run.
+        from tensorboardX import SummaryWriter
+
         self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
