@@ -251,3 +251,30 @@ def deform_conv2d_depthwise_pixel(x, offsets, weight, bias, b, h, w):
             for e in range(x.shape[-1]):
                 out[e] += weight[a, c, e] * bilinear_sample(x[b, :, :, e], row, col)
     return out
+
+
+def conv2d(x, kernel, pads):
+    """(B, H, W, C_in) x (kh, kw, C_in, C_out), stride 1, zero padding ((top, bottom), (left, right))."""
+    padded = np.pad(x, ((0, 0), *pads, (0, 0)))
+    kh, kw = kernel.shape[:2]
+    height, width = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    y = np.zeros((x.shape[0], height, width, kernel.shape[3]), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            y += padded[:, i : i + height, j : j + width] @ kernel[i, j]
+    return y
+
+
+def conv2d_vjp(x, kernel, pads, grad_y):
+    """(grad_x, grad_kernel) of ``conv2d``: every output's gradient sent back to the inputs it read."""
+    padded_grad = np.zeros((x.shape[0], x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]), x.shape[3]))
+    padded = np.pad(x, ((0, 0), *pads, (0, 0)))
+    grad_kernel = np.zeros(kernel.shape, np.float64)
+    height, width = grad_y.shape[1:3]
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            padded_grad[:, i : i + height, j : j + width] += grad_y @ kernel[i, j].T
+            grad_kernel[i, j] = np.einsum("bhwc,bhwo->co", padded[:, i : i + height, j : j + width], grad_y)
+    (top, _), (left, _) = pads
+    grad_x = padded_grad[:, top : top + x.shape[1], left : left + x.shape[2]]
+    return grad_x, grad_kernel

@@ -23,6 +23,7 @@ from sasmamba_jax import skeleton
 from sasmamba_jax.ops import (
     BACKENDS,
     STRIDE_GRADS,
+    conv,
     deform_conv2d_depthwise,
     selective_scan,
     stride_merge,
@@ -192,6 +193,8 @@ class StrideSSM(nnx.Module):
             bias_init=_torch_uniform(e * k * k),
             dtype=config.compute_dtype,
             param_dtype=jnp.float32,
+            # Lax's convolution with gradients that XLA's CPU back end runs fast inside the layer scan.
+            conv_general_dilated=conv.conv_general_dilated,
             rngs=rngs,
         )
         self.dcn_kernel = nnx.Param(_torch_uniform(k * k)(rngs.params(), (k, k, e)))

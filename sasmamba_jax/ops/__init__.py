@@ -1,4 +1,4 @@
-"""Numerical building blocks of SasMamba: selective scan, stride scan, deformable conv."""
+"""Numerical building blocks of SasMamba: selective scan, stride scan, deformable conv, conv."""
 
 from sasmamba_jax.ops.deform_conv import deform_conv2d_depthwise
 from sasmamba_jax.ops.selective_scan import BACKENDS, selective_scan
