@@ -21,16 +21,9 @@ on the demo set.
 
 import json
 
-import numpy as np
 from absl import flags, logging
-from flax import nnx
 
 from sasmamba_jax.cli import program
-from sasmamba_jax.evaluate import protocols, tasks
-from sasmamba_jax.io import loader, workdirs
-from sasmamba_jax.lifting import pictures
-from sasmamba_jax.model import precision
-from sasmamba_jax.parallel import distributed, sharding
 
 _CONFIG = program.define_config_file(
     "config",
@@ -52,6 +45,9 @@ RUN_OPTIONS = ("scan", "chunk_size", "stride_grad")
 
 def _plot_first_clip(path, task, predictions):
     """Prediction vs ground truth on the first test clip, in mm for Human3.6M."""
+    from sasmamba_jax.evaluate import protocols
+    from sasmamba_jax.lifting import pictures
+
     inputs = task.data.test_inputs[0]
     pred = predictions[0] - predictions[0][:, task.root_joint : task.root_joint + 1]
     if task.name == "h36m":
@@ -71,6 +67,8 @@ def _config():
     Raises:
         ValueError: the workdir's config cannot be read or lacks an overridden key.
     """
+    from sasmamba_jax.io import workdirs
+
     config = program.config_value(_CONFIG)
     if flags.FLAGS[_CONFIG.name].present or not workdirs.is_workdir(_CHECKPOINT.value):
         return config
@@ -87,6 +85,15 @@ def _config():
 @program.command("eval")
 def main(argv):
     del argv
+    # The library after the flags (cli.program's docstring says why).
+    import numpy as np
+    from flax import nnx
+
+    from sasmamba_jax.evaluate import protocols, tasks
+    from sasmamba_jax.io import loader
+    from sasmamba_jax.model import precision
+    from sasmamba_jax.parallel import distributed, sharding
+
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _config()

@@ -19,9 +19,6 @@ import sys
 from absl import flags, logging
 
 from sasmamba_jax.cli import program
-from sasmamba_jax.io import workdirs
-from sasmamba_jax.parallel import distributed
-from sasmamba_jax.train import loop
 
 _CONFIG = program.define_config_file(
     "config", "demo", "Training config: a bundled config's name or a config file."
@@ -35,6 +32,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 @program.command("train")
 def main(argv):
     del argv
+    # The library after the flags (cli.program's docstring says why).
+    from sasmamba_jax.io import workdirs
+    from sasmamba_jax.parallel import distributed
+    from sasmamba_jax.train import loop
+
     # Orbax reports every save step at INFO; progress bar and results say enough.
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
