@@ -380,9 +380,15 @@ def _train_rows(workdir):
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory):
+    """The loop config trained LOOP_STEPS steps: its workdir, results and what it compiled.
+
+    The first run of the loop config in this module (the tests that request
+    it come first), so it compiles the config's step.
+    """
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    results = loop.train_and_evaluate(_loop_config(), workdir)
-    return workdir, results
+    with count_compilations() as compiled:
+        results = loop.train_and_evaluate(_loop_config(), workdir)
+    return workdir, results, compiled
 
 
 def _assert_same_final_checkpoint(workdir, reference_workdir):
@@ -399,7 +405,7 @@ def _assert_same_final_checkpoint(workdir, reference_workdir):
 
 
 def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrupted_run):
-    reference_workdir, reference_results = uninterrupted_run
+    reference_workdir, reference_results, _ = uninterrupted_run
     workdir = str(tmp_path)
     halfway = LOOP_STEPS // 2
     first = loop.train_and_evaluate(_loop_config(max_steps=halfway), workdir)
@@ -417,18 +423,13 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrup
     assert [row["train/loss"] for row in rows] == [row["train/loss"] for row in reference_rows]
 
 
-def test_a_second_run_of_the_same_config_compiles_nothing(tmp_path):
+def test_a_second_run_of_the_same_config_compiles_nothing(tmp_path, uninterrupted_run):
     """A state holds its optimizer as a static field: a second run with the same settings
     must reuse the first run's compiled step (a new optax transform per run used to
     compile it again), and its evaluation."""
-    config = _loop_config(max_steps=1)
-    with config.unlocked():
-        # A setting no other test trains with: the first run compiles its own step.
-        config.optimizer.weight_decay = 0.0125
-    with count_compilations() as first:
-        loop.train_and_evaluate(config, str(tmp_path / "first"))
+    _, _, first = uninterrupted_run
     with count_compilations() as second:
-        loop.train_and_evaluate(config, str(tmp_path / "second"))
+        loop.train_and_evaluate(_loop_config(max_steps=1), str(tmp_path))
     assert first.count("jit(_train_step)") == 1, first
     assert second == [], second
 
