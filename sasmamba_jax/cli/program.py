@@ -194,7 +194,7 @@ def help_text(module: str) -> str:
     if _CONFIG_FLAGS:
         note = (
             f"--{_CONFIG_FLAGS[0]}.KEY=VALUE overrides a key of the config, e.g. "
-            f"--{_CONFIG_FLAGS[0]}.model.scan=sequential. --helpfull lists every flag, JAX's too."
+            f"--{_CONFIG_FLAGS[0]}.model.scan=sequential. --helpfull adds absl's own flags (logging)."
         )
         text += "\n\n" + textwrap.fill(note, width=80)
     return text
