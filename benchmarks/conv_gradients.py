@@ -3,7 +3,8 @@
 (a) The convolution alone, its input and kernel gradients inside a two-layer
 ``lax.scan`` (the model's layer scan), at the demo model's shape:
 (8, 27, 17, 64) -> 18 channels, 3x3, "SAME".
-(b) The demo config's whole training step (``configs/demo.py``, batch 8),
+(b) The demo config's whole training step (``configs/demo.py``: batch 8,
+T=27 when the figures in docs/performance.md were measured, T=9 since),
 its models built with each convolution.
 
 The two are timed alternately, ``--repeats`` rounds of ``--iterations``
@@ -57,10 +58,11 @@ def _demo_step(conv_fn):
     finally:
         conv.conv_general_dilated = original
     state = recipe.create_train_state(config, model)
+    clip = (config.batch_size, config.model.num_frames, 17)
     rng = np.random.default_rng(0)
     batch = {
-        "input_2d": rng.standard_normal((config.batch_size, 27, 17, 2)).astype(np.float32),
-        "target_3d": rng.standard_normal((config.batch_size, 27, 17, 3)).astype(np.float32),
+        "input_2d": rng.standard_normal((*clip, 2)).astype(np.float32),
+        "target_3d": rng.standard_normal((*clip, 3)).astype(np.float32),
     }
     holder = {"state": state}
 
