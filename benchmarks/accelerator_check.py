@@ -404,11 +404,7 @@ def time_train_step(args, backend) -> dict:
     # As train.py runs the step: under the mesh (the Pallas scan splits its
     # kernels over it) and at the config's matmul precision.
     with jax.set_mesh(mesh), precision.use_matmul_precision(config.matmul_precision):
-        state = recipe.create_train_state(config, recipe.create_model(config))
-        shardings = sharding.tree_shardings(mesh, state.arrays())
-        state = state.with_arrays(
-            sharding.put_replicated_host_tree(jax.device_get(state.arrays()), shardings)
-        )
+        state = recipe.place_state(recipe.create_train_state(config, recipe.create_model(config)), mesh)
         batch = synthetic_batch(config, mesh)
         compiled, compile_s = compile_timed(recipe.train_step, state, batch)
         record = dict(compile_s=compile_s, peak_bytes=memory.compiled_peak_bytes(compiled))

@@ -135,12 +135,7 @@ def bench_forward(config, batch, repeats):
 def bench_train(config, batch, repeats):
     mesh = sharding.make_mesh(config.mesh)
     model = recipe.create_model(config)
-    state = recipe.create_train_state(config, model, steps_per_epoch=1000)
-    state = state.with_arrays(
-        sharding.put_replicated_host_tree(
-            jax.device_get(state.arrays()), sharding.tree_shardings(mesh, state.arrays())
-        )
-    )
+    state = recipe.place_state(recipe.create_train_state(config, model, steps_per_epoch=1000), mesh)
     model_cfg = recipe.model_config(config)
     shape = (batch, model_cfg.num_frames, 17)
     batch_sharding = sharding.batch_sharding(mesh)

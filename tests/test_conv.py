@@ -53,10 +53,9 @@ def test_inside_a_scan_the_gradients_stay_the_same():
 
         return jnp.sum(jax.lax.scan(layer, x, kernels)[0] ** 2)
 
-    ours = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, kernels, conv.conv_general_dilated)
-    lax_own = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(
-        x, kernels, jax.lax.conv_general_dilated
-    )
+    gradients = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    ours = gradients(x, kernels, conv.conv_general_dilated)
+    lax_own = gradients(x, kernels, jax.lax.conv_general_dilated)
     for a, b in zip(ours, lax_own):
         np.testing.assert_allclose(a, b, rtol=0, atol=RTOL * float(jnp.max(jnp.abs(b))))
 

@@ -279,10 +279,9 @@ def test_train_state_round_trips_through_orbax(tmp_path, release, release_run, r
     does it, is bit-identical, and its model predicts what the release predicted."""
     final = release_run["state"]
     mesh = sharding.make_mesh(release_config.mesh, jax.devices()[:1])
-    shardings = sharding.tree_shardings(mesh, final.arrays())
 
     def placed(arrays):
-        return final.with_arrays(sharding.put_replicated_host_tree(arrays, shardings))
+        return recipe.place_state(final.with_arrays(arrays), mesh)
 
     after_step1 = release_run["before"][1]
     saved = placed(after_step1)

@@ -98,23 +98,18 @@ def _conv_backward(pads, precision, residuals, grad_y):
     grad_x = _lax_conv(grad_y, flipped, transposed_pads, precision)
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     height, width = grad_y.shape[1:3]
-    grad_kernel = jnp.stack(
-        [
-            jnp.stack(
-                [
-                    jnp.einsum(
-                        "bhwc,bhwo->co",
-                        padded[:, i : i + height, j : j + width],
-                        grad_y,
-                        precision=precision,
-                        preferred_element_type=jnp.float32,
-                    )
-                    for j in range(taps[1])
-                ]
-            )
-            for i in range(taps[0])
-        ]
-    )
+    per_tap = [
+        jnp.einsum(
+            "bhwc,bhwo->co",
+            padded[:, i : i + height, j : j + width],
+            grad_y,
+            precision=precision,
+            preferred_element_type=jnp.float32,
+        )
+        for i in range(taps[0])
+        for j in range(taps[1])
+    ]
+    grad_kernel = jnp.stack(per_tap).reshape(kernel.shape)
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 

@@ -96,8 +96,7 @@ def place_params(params, mesh: Mesh):
     def place(value, sharding):
         if isinstance(value, jax.Array) and value.sharding == sharding:
             return value
-        value = np.asarray(jax.device_get(value))
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+        return _put_host_value(jax.device_get(value), sharding)
 
     return jax.tree.map(place, params, tree_shardings(mesh, params))
 
@@ -129,12 +128,12 @@ def params_mesh(params) -> Mesh:
 
 def put_replicated_host_tree(tree, shardings):
     """Places host values, identical on every process, onto global shardings."""
+    return jax.tree.map(_put_host_value, tree, shardings)
 
-    def put(value, sharding):
-        value = np.asarray(value)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
-    return jax.tree.map(put, tree, shardings)
+def _put_host_value(value, sharding: NamedSharding) -> jax.Array:
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def restore_target(abstract: Any, mesh: Mesh) -> Any:

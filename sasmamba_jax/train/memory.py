@@ -222,11 +222,7 @@ def abstract_train_step_args(
         (state, {"input_2d": (B, T, 17, C_in), "target_3d": (B, T, 17, 3)}).
     """
     state = abstract_train_state(config)
-    arrays = state.arrays()
-    shardings = sharding.tree_shardings(mesh, arrays)
-    state = state.with_arrays(
-        jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), arrays, shardings)
-    )
+    state = state.with_arrays(sharding.restore_target(state.arrays(), mesh))
     model_cfg = model_config(config)
     clip = (config.batch_size, model_cfg.num_frames, skeleton.NUM_JOINTS)
     batch_sharding = sharding.batch_sharding(mesh)
