@@ -109,6 +109,16 @@ def test_argparse_tools_bad_flags_are_one_line_with_status_2(tool, capsys):
     _assert_one_line(captured.err, f"sasmamba_jax.{tool}")
 
 
+def test_a_folder_named_like_a_bundled_config_does_not_hide_it(tmp_path, monkeypatch):
+    """``python train.py --workdir=demo``, run again from the same folder, still trains the bundled demo."""
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    bundled = program.config_file("demo")
+    assert os.path.isfile(bundled) and bundled.endswith(os.path.join("configs", "demo.py")), bundled
+    (tmp_path / "mine").write_text("")
+    assert program.config_file("mine") == "mine"
+
+
 @pytest.mark.parametrize("tool", sorted(program.LAUNCHERS))
 def test_the_name_is_the_command_the_user_typed(tool, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])

@@ -103,9 +103,12 @@ def config_file(name_or_path: str) -> str:
     """A config's file: a bundled config's name (``h36m_243``, in ``sasmamba_jax.configs``) or a path.
 
     Names work from any folder, with the package installed or not; a path
-    (anything with a ``/`` or ending in ``.py``) is taken as given.
+    (anything with a ``/``, ending in ``.py``, or a file) is taken as given.
+    A folder is not a config: a workdir named ``demo`` in the current folder
+    (``python train.py --workdir=demo``, run again to resume) leaves the
+    bundled ``demo`` the default.
     """
-    if "/" in name_or_path or name_or_path.endswith(".py") or os.path.exists(name_or_path):
+    if "/" in name_or_path or name_or_path.endswith(".py") or os.path.isfile(name_or_path):
         return name_or_path
     path = os.path.join(os.path.dirname(configs.__file__), f"{name_or_path}.py")
     if not os.path.isfile(path):
