@@ -1,15 +1,17 @@
 """Per-chip peak memory and compile time of the published training steps on TPUs and GPUs, from the aot tool.
 
     PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl
-    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl --topologies=a100
+    PYTHONPATH=. python benchmarks/tpu_fit.py --output=benchmarks/results/tpu_fit.jsonl --topologies=h100,t4
     PYTHONPATH=. python benchmarks/tpu_fit.py --configs=small --topologies=v5e:1x1 --scans=pallas
 
 Each cell is one ``python -m sasmamba_jax.aot`` process (config as shipped,
 plus ``--config.model.scan``, ``--config.model.remat`` and
 ``--config.num_microbatches=1``), so nothing is chosen for it. Cells already
 in ``--output`` (JSON lines) are not compiled again: a long table can be
-built over several runs. Prints the whole table as Markdown: a line per
-config, topology and remat, a column per back end.
+built over several runs. Prints two Markdown tables, a column per back end:
+the peak GB per chip with remat off / on, a line per config and topology
+(the README's), then peak and compile time, a line per config, topology and
+remat (docs/tpu.md's).
 """
 
 import argparse
@@ -29,7 +31,9 @@ def parse_args():
     )
     parser.add_argument("--configs", default="small,large")
     parser.add_argument(
-        "--topologies", default="v5e:1x1,v5e:2x2,v5p:2x2x1,h100,t4", help="TPU topologies or GPU hosts"
+        "--topologies",
+        default="v5e:1x1,v5e:2x2,v5p:2x2x1,h100,h200,b200,a100,l4,t4,v100",
+        help="TPU topologies or GPU hosts",
     )
     parser.add_argument("--scans", default="pallas,sequential,chunked,associative")
     parser.add_argument("--remats", default="False,True")
@@ -90,6 +94,36 @@ def format_cell(row):
     return f"{fit}, {row['compile_s']:.0f} s"
 
 
+def format_peak(row):
+    """A cell's peak GB per chip, "no: X" where it does not fit (libtpu's "≥X" is a lower bound)."""
+    if "error" in row:
+        return "no Triton" if "needs Triton" in row["error"] else format_cell(row)
+    gigabytes = row["peak_bytes_per_chip"] / 1e9
+    if row["fits"]:
+        return f"{gigabytes:.2f}"
+    return f"no: ≥{gigabytes:.1f}" if row["device_kind"].startswith("TPU") else f"no: {gigabytes:.1f}"
+
+
+def format_summary(rows):
+    """One line per (config, topology), one column per scan back end: peak GB per chip, remat off / on."""
+    by_key = {cell_key(row): row for row in rows}
+    scans = list(dict.fromkeys(row["scan"] for row in rows))
+    lines = [
+        "| config | topology (memory per chip) | " + " | ".join(scans) + " |",
+        "|---|---|" + "---|" * len(scans),
+    ]
+    for config, topology in dict.fromkeys((r["config"], r["topology"]) for r in rows):
+        hbm = next(
+            r["hbm_bytes_per_chip"] for r in rows if r["topology"] == topology and "hbm_bytes_per_chip" in r
+        )
+        cells = []
+        for scan in scans:
+            off_and_on = [by_key.get((config, topology, scan, remat)) for remat in (False, True)]
+            cells.append(" / ".join(format_peak(cell) for cell in off_and_on if cell))
+        lines.append(f"| {config} | {topology} ({hbm / 1e9:.2f} GB) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(rows):
     """One line per (config, topology, remat), one column per scan back end: peak per chip, compile s."""
     by_key = {cell_key(row): row for row in rows}
@@ -128,6 +162,8 @@ def main():
                     with open(args.output, "a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
+    print(format_summary(list(done.values())))
+    print()
     print(format_table(list(done.values())))
 
 
