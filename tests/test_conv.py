@@ -73,3 +73,20 @@ def test_other_kinds_of_convolution_are_refused(options):
     arguments = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DIMENSION_NUMBERS) | options
     with pytest.raises(ValueError, match="stride 1, no dilation, one feature group"):
         conv.conv_general_dilated(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), **arguments)
+
+
+@pytest.mark.parametrize(
+    "platform, convolutions, contractions", [("cpu", 2, 9), ("cuda", 3, 0), ("tpu", 3, 0)]
+)
+def test_only_the_cpu_gets_the_tap_gradients(platform, convolutions, contractions):
+    """GPUs and TPUs keep lax's gradients, native convolutions that need less memory there."""
+
+    def loss(x, kernel):
+        y = conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DIMENSION_NUMBERS)
+        return jnp.sum(y**2)
+
+    arguments = (jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)))
+    exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=[platform])(*arguments)
+    module = exported.mlir_module()
+    assert module.count("stablehlo.convolution") == convolutions
+    assert module.count("stablehlo.dot_general") == contractions

@@ -3,16 +3,21 @@
 ``conv_general_dilated`` is a drop-in for ``jax.lax.conv_general_dilated``
 (``nnx.Conv(..., conv_general_dilated=conv_general_dilated)``) for the one
 kind of convolution the model has: NHWC input, HWIO kernel, stride 1, no
-dilation, one feature group. Its forward pass is lax's own; its backward pass
-computes the input gradient as a convolution of the output gradient with the
-kernel flipped in space, and the kernel gradient as one (C_in, C_out)
-contraction per kernel tap.
+dilation, one feature group. Its forward pass is lax's own; on the CPU its
+backward pass computes the input gradient as a convolution of the output
+gradient with the kernel flipped in space, and the kernel gradient as one
+(C_in, C_out) contraction per kernel tap.
 
 Why: XLA's CPU back end runs the gradients of ``lax.conv_general_dilated``
 inside a loop (the model's layer scan) with a slow generic emitter. For the
 demo model's offset convolution, (8, 27, 17, 64) -> 18 channels, 3x3, inside
 a two-layer scan, the two gradients took 106 ms against 12 ms with these
 (``benchmarks/conv_gradients.py``); outside a loop both take about 4 ms.
+
+Only the CPU back end gets these gradients (``lax.platform_dependent``). On
+GPUs and TPUs lax's own gradients are native convolutions and need less
+memory: compiled for one H100, the large published step with remat peaks at
+3.68 GB with them and at 4.22 GB with the per-tap contractions.
 """
 
 import functools
@@ -90,6 +95,22 @@ def _conv_forward(x, kernel, pads, precision):
 
 def _conv_backward(pads, precision, residuals, grad_y):
     x, kernel = residuals
+    return jax.lax.platform_dependent(
+        x,
+        kernel,
+        grad_y,
+        cpu=functools.partial(_tap_gradients, pads, precision),
+        default=functools.partial(_lax_gradients, pads, precision),
+    )
+
+
+def _lax_gradients(pads, precision, x, kernel, grad_y):
+    _, vjp = jax.vjp(lambda x, kernel: _lax_conv(x, kernel, pads, precision), x, kernel)
+    return vjp(grad_y)
+
+
+def _tap_gradients(pads, precision, x, kernel, grad_y):
+    """(x's gradient, the kernel's gradient) as one flipped-kernel convolution and one contraction per tap."""
     taps = kernel.shape[:2]
     # y[h] = sum_i x_padded[h + i] k[i]: x's gradient correlates grad_y with the
     # flipped kernel, padded so that it has x's size again.
