@@ -104,41 +104,47 @@ def format_peak(row):
     return f"no: ≥{gigabytes:.1f}" if row["device_kind"].startswith("TPU") else f"no: {gigabytes:.1f}"
 
 
+def _place(rows, topology):
+    """A topology with the memory a chip gives a program, where a report of it says so."""
+    hbm = next(
+        (r["hbm_bytes_per_chip"] for r in rows if r["topology"] == topology and "hbm_bytes_per_chip" in r),
+        None,
+    )
+    return f"{topology} ({hbm / 1e9:.2f} GB)" if hbm else topology
+
+
+def _markdown(header, lines):
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(line) + " |" for line in lines]
+    )
+
+
 def format_summary(rows):
     """One line per (config, topology), one column per scan back end: peak GB per chip, remat off / on."""
     by_key = {cell_key(row): row for row in rows}
     scans = list(dict.fromkeys(row["scan"] for row in rows))
-    lines = [
-        "| config | topology (memory per chip) | " + " | ".join(scans) + " |",
-        "|---|---|" + "---|" * len(scans),
-    ]
+    lines = []
     for config, topology in dict.fromkeys((r["config"], r["topology"]) for r in rows):
-        hbm = next(
-            r["hbm_bytes_per_chip"] for r in rows if r["topology"] == topology and "hbm_bytes_per_chip" in r
-        )
         cells = []
         for scan in scans:
             off_and_on = [by_key.get((config, topology, scan, remat)) for remat in (False, True)]
             cells.append(" / ".join(format_peak(cell) for cell in off_and_on if cell))
-        lines.append(f"| {config} | {topology} ({hbm / 1e9:.2f} GB) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append([config, _place(rows, topology)] + cells)
+    return _markdown(["config", "topology (memory per chip)"] + scans, lines)
 
 
 def format_table(rows):
     """One line per (config, topology, remat), one column per scan back end: peak per chip, compile s."""
     by_key = {cell_key(row): row for row in rows}
     scans = list(dict.fromkeys(row["scan"] for row in rows))
-    lines = [
-        "| config | topology (memory per chip) | remat | " + " | ".join(scans) + " |",
-        "|---|---|---|" + "---|" * len(scans),
-    ]
+    lines = []
     for config, topology, remat in dict.fromkeys((r["config"], r["topology"], r["remat"]) for r in rows):
         cells = [by_key.get((config, topology, scan, remat)) for scan in scans]
-        hbm = next((c["hbm_bytes_per_chip"] for c in cells if c and "hbm_bytes_per_chip" in c), None)
-        place = f"{topology} ({hbm / 1e9:.2f} GB)" if hbm else topology
-        row = [config, place, "on" if remat else "off"] + [format_cell(c) for c in cells]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        lines.append(
+            [config, _place(rows, topology), "on" if remat else "off"] + [format_cell(c) for c in cells]
+        )
+    return _markdown(["config", "topology (memory per chip)", "remat"] + scans, lines)
 
 
 def main():
