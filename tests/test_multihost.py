@@ -24,6 +24,7 @@ from sasmamba_jax.configs import tiny
 
 from sasmamba_jax.io import workdirs
 from sasmamba_jax.io.loader import load_model
+from sasmamba_jax.parallel import sharding
 from sasmamba_jax.train import checkpoints, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,12 +142,11 @@ def _manager(workdir, name):
 def _restore_arrays(manager, step):
     """A training checkpoint's arrays and its loader position, restored as a resumed run does.
 
-    The template's shardings (this process's devices) stand in for the saving
+    The target's shardings (this process's devices) stand in for the saving
     runs' ones, which this process cannot see.
     """
-    config = tiny.get_config()
-    template = recipe.create_train_state(config, recipe.create_model(config))
-    state, loader = checkpoints.restore(manager, step, template)
+    target = recipe.abstract_train_state(tiny.get_config(), mesh=sharding.default_mesh())
+    state, loader = checkpoints.restore(manager, step, target)
     return jax.device_get(state.arrays()), loader
 
 

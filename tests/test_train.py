@@ -408,7 +408,12 @@ def _assert_same_final_checkpoint(workdir, reference_workdir):
     assert int(ours["step"]) == LOOP_STEPS
 
 
-def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrupted_run):
+def _never_initialise(config):
+    raise AssertionError("a resumed run initialised a model")
+
+
+def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, monkeypatch, uninterrupted_run):
+    """Resuming restores into the abstract state: no initialisation to compile or run first."""
     reference_workdir, reference_results, _ = uninterrupted_run
     workdir = str(tmp_path)
     halfway = LOOP_STEPS // 2
@@ -417,6 +422,7 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, uninterrup
     assert _latest_manager(workdir).all_steps() == [halfway]
     assert _restore_checkpoint(workdir, halfway)[1]["step_in_epoch"] == halfway
 
+    monkeypatch.setattr(loop, "_initial_model", _never_initialise)
     second = loop.train_and_evaluate(_loop_config(), workdir)
     assert second["steps"] == LOOP_STEPS
     _assert_same_final_checkpoint(workdir, reference_workdir)

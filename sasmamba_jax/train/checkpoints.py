@@ -61,7 +61,11 @@ def save_args(state: TrainState, loader_state: dict, config: ml_collections.Conf
 
 
 def restore(manager: ocp.CheckpointManager, step: int, state: TrainState) -> tuple[TrainState, dict]:
-    """Restores arrays into ``state``'s shardings, and the data loader's position."""
+    """Restores arrays into ``state``'s shapes and shardings, and the data loader's position.
+
+    ``state``'s arrays may be abstract (``jax.ShapeDtypeStruct`` with shardings):
+    only their shapes, dtypes and shardings are read.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.arrays())
     try:
         restored = manager.restore(

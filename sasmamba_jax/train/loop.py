@@ -29,6 +29,7 @@ from sasmamba_jax.train import checkpoints, curves, memory, recipe
 from sasmamba_jax.train.metric_writers import MetricWriter
 from sasmamba_jax.train.recipe import (
     TrainState,
+    abstract_train_state,
     create_model,
     create_train_state,
     model_config,
@@ -190,15 +191,17 @@ def _start_or_resume(config, mesh, workdir: str, loader: ClipLoader, is_writer: 
     Returns:
         (state, the ``latest`` checkpoint manager, the ``best`` one).
     """
-    state = place_state(
-        create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch), mesh
-    )
     latest, best = checkpoints.checkpoint_managers(workdir, config.keep_checkpoints)
-    if latest.latest_step() is not None:
-        state, loader_state = checkpoints.restore(latest, latest.latest_step(), state)
-        loader.set_state(loader_state)
-        if is_writer:
-            print(f"resumed from {latest.directory} at step {int(state.step)}")
+    if latest.latest_step() is None:
+        state = create_train_state(config, _initial_model(config), steps_per_epoch=loader.steps_per_epoch)
+        return place_state(state, mesh), latest, best
+    # Restored straight into the layout place_state gives: a resumed run
+    # neither compiles nor runs the initialisation it would overwrite.
+    target = abstract_train_state(config, steps_per_epoch=loader.steps_per_epoch, mesh=mesh)
+    state, loader_state = checkpoints.restore(latest, latest.latest_step(), target)
+    loader.set_state(loader_state)
+    if is_writer:
+        print(f"resumed from {latest.directory} at step {int(state.step)}")
     return state, latest, best
 
 

@@ -152,9 +152,20 @@ def create_train_state(
     return place_state(state, sharding.params_mesh(state.params))
 
 
-def abstract_train_state(config: ml_collections.ConfigDict) -> TrainState:
-    """The shapes and dtypes of ``create_train_state(config, create_model(config))``; nothing allocated."""
-    return jax.eval_shape(lambda: _new_train_state(config, create_model(config), None))
+def abstract_train_state(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None, mesh: Mesh | None = None
+) -> TrainState:
+    """The shapes and dtypes of ``create_train_state(config, create_model(config), ...)``.
+
+    Nothing is initialised, compiled or allocated; the optimizer is the one
+    ``create_train_state`` builds for the same ``steps_per_epoch``. With
+    ``mesh``, every array also carries the sharding ``place_state`` gives it
+    there: the target to restore a checkpoint into.
+    """
+    state = jax.eval_shape(lambda: _new_train_state(config, create_model(config), steps_per_epoch))
+    if mesh is None:
+        return state
+    return state.with_arrays(sharding.restore_target(state.arrays(), mesh))
 
 
 def _new_train_state(
