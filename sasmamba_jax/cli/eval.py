@@ -61,17 +61,16 @@ def _plot_first_clip(path, task, predictions):
     pictures.save_animation(path, inputs[..., :2], pred, ground_truth_3d=truth, length_unit=unit)
 
 
-def _config():
-    """--config, or for a workdir without --config its saved config with the --config.* overrides.
+def _config(given):
+    """``given`` (--config), or for a workdir without --config its saved config with the --config.* overrides.
 
     Raises:
         ValueError: the workdir's config cannot be read or lacks an overridden key.
     """
     from sasmamba_jax.io import workdirs
 
-    config = program.config_value(_CONFIG)
     if flags.FLAGS[_CONFIG.name].present or not workdirs.is_workdir(_CHECKPOINT.value):
-        return config
+        return given
     saved = workdirs.saved_config(_CHECKPOINT.value)
     try:
         saved.update_from_flattened_dict(flags.FLAGS[_CONFIG.name].override_values)
@@ -85,7 +84,9 @@ def _config():
 @program.command("eval")
 def main(argv):
     del argv
-    # The library after the flags (cli.program's docstring says why).
+    # The config, then the library (cli.program's docstring says why): a config
+    # file that fails to load is one line before the imports.
+    given = program.config_value(_CONFIG)
     import numpy as np
     from flax import nnx
 
@@ -96,7 +97,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _config()
+    config = _config(given)
     options = {name: config.model[name] for name in RUN_OPTIONS}
     matmul_precision = precision.check_matmul_precision(config.matmul_precision)
     mesh = sharding.make_mesh(config.mesh)

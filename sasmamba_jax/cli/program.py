@@ -25,8 +25,9 @@ Help. ``--help`` (or ``-h``) prints the tool's usage, its cli module's
 docstring, and its flags, and exits 0.
 
 Start-up. train and eval import the library (jax, flax, orbax: about 3 s)
-inside ``main``, once their flags have parsed, so that ``--help`` and a
-bad flag or config key answer in a fraction of a second.
+inside ``main``, once their flags have parsed and their config has loaded,
+so that ``--help``, a bad flag, a config file that fails to load and an
+unknown config key answer in a fraction of a second.
 """
 
 import argparse

@@ -32,7 +32,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 @program.command("train")
 def main(argv):
     del argv
-    # The library after the flags (cli.program's docstring says why).
+    # The config, then the library (cli.program's docstring says why): a config
+    # file that fails to load is one line before the imports.
+    config = program.config_value(_CONFIG)
     from sasmamba_jax.io import workdirs
     from sasmamba_jax.parallel import distributed
     from sasmamba_jax.train import loop
@@ -41,7 +43,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
-        results = loop.train_and_evaluate(program.config_value(_CONFIG), _WORKDIR.value)
+        results = loop.train_and_evaluate(config, _WORKDIR.value)
     except loop.NonFiniteLossError as e:
         print(program.error_line(e), file=sys.stderr)
         return 1
