@@ -210,7 +210,8 @@ def test_step0_gradients_match_the_release(release, release_gradients):
         np.testing.assert_allclose(grad, release[f"grad/{name}"], rtol=0, atol=ATOL, err_msg=name)
 
 
-@pytest.mark.parametrize("num_microbatches", [2, 4])
+# Two microbatches (slow: a third compile of the gradient) only checks another count.
+@pytest.mark.parametrize("num_microbatches", [pytest.param(2, marks=pytest.mark.slow), 4])
 def test_microbatched_gradients_match_the_release(data_dir, release, release_config, num_microbatches):
     """Accumulating over microbatches gives the whole batch's loss and gradient."""
     state = recipe.create_train_state(release_config, _release_model(data_dir, "release"))
@@ -238,6 +239,7 @@ def test_num_microbatches_must_divide_the_batch(release_config):
         recipe.create_train_state(config, model)
 
 
+@pytest.mark.slow  # a check of the fixture, not of our code: its own compile of the gradient
 def test_exact_stride_backward_differs(data_dir, release, release_config, release_gradients):
     """The fixture's gradients are the release's approximate backward, so the match above
     depends on it: the true gradient of the same loss is far from them."""
