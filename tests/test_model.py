@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sasmamba_jax.io import model_dirs
 from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.model import flops
 from sasmamba_jax.model.forward import predict
-from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, drop_path
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, abstract_model, drop_path
 from sasmamba_jax.ops import selective_scan, stride_merge, stride_scan
 
 pytest.importorskip("torch")
@@ -186,6 +187,24 @@ def test_training_mode_needs_dropout_rngs():
         nnx.eval_shape(lambda m, x: m(x), model, x)
     out = nnx.eval_shape(lambda m, x: m(x, rngs=nnx.Rngs(dropout=1)), model, x)
     assert out.shape == (2, 9, 17, 3)
+
+
+def test_abstract_models_have_the_models_shapes_and_stay_abstract_when_one_is_filled():
+    config = SasMambaConfig(num_frames=9, dim=16, depth=1)
+    direct = nnx.state(nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(3))))
+    abstract = nnx.state(abstract_model(config))
+    assert jax.tree.structure(abstract) == jax.tree.structure(direct)
+    for ours, theirs in zip(jax.tree.leaves(abstract), jax.tree.leaves(direct)):
+        assert isinstance(ours, jax.ShapeDtypeStruct)
+        assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype)
+
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), model_dirs.abstract_params(config))
+    filled = model_dirs.build_model(config, zeros)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(filled)))
+    # The cache behind abstract_model still holds shapes only, and a new module each time.
+    again = abstract_model(config)
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(nnx.state(again)))
+    assert again is not abstract_model(config) and not again.deterministic
 
 
 def test_drop_path_drops_whole_samples_and_rescales():

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from sasmamba_jax.io import pytorch
 from sasmamba_jax.io.errors import CheckpointError, check_shapes, first_line
 from sasmamba_jax.io.files import current_umask, replace_directory
-from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, abstract_model
 from sasmamba_jax.parallel import sharding
 
 CONFIG_FILE = "config.json"
@@ -38,8 +38,7 @@ def build_model(config: SasMambaConfig, params: Any, mesh: Mesh | None = None) -
         mesh: where the parameters go (``sharding.place_params``); every
             device, replicated, by default (``sharding.default_mesh``).
     """
-    abstract = nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(abstract_model(config))
     nnx.replace_by_pure_dict(state, sharding.place_params(params, mesh or sharding.default_mesh()))
     model = nnx.merge(graphdef, state)
     model.eval()
@@ -53,8 +52,7 @@ def params_of(model: SasMamba) -> dict:
 
 def abstract_params(config: SasMambaConfig) -> dict:
     """Shapes and dtypes of the parameter tree, for restoring without allocating twice."""
-    abstract = nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    return nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
 
 
 def export_pytorch_state_dict(model: SasMamba) -> dict[str, np.ndarray]:

@@ -145,10 +145,9 @@ def expected_shapes(config: SasMambaConfig) -> dict[str, tuple[int, ...]]:
     """The release's tensor shapes for a configuration, by name."""
     from flax import nnx
 
-    from sasmamba_jax.model.sasmamba import SasMamba
+    from sasmamba_jax.model.sasmamba import abstract_model
 
-    abstract = nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0)))
-    params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
     shapes = {}
     for entry in name_table(config.depth):
         leaf = _get(params, entry.jax_path)

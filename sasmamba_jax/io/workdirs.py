@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sasmamba_jax.io.errors import CheckpointError, check_shapes, first_line
-from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, abstract_model
 from sasmamba_jax.parallel import sharding
 
 # A training workdir's checkpoint managers.
@@ -80,7 +80,7 @@ def load_model_from_workdir(workdir: str | os.PathLike, mesh: Mesh | None = None
     try:
         saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
         model_cfg = training_model_config(saved_config).with_options(**options)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: SasMamba(model_cfg, rngs=nnx.Rngs(0))))
+        graphdef, abstract = nnx.split(abstract_model(model_cfg))
         target = {"params": sharding.restore_target(abstract, mesh or sharding.default_mesh())}
         restored = manager.restore(
             step,

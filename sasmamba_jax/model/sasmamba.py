@@ -10,6 +10,7 @@ release's state_dict.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -402,3 +403,18 @@ def check_input_shape(shape: tuple[int, ...], config: SasMambaConfig) -> None:
             f"expected 1 to {config.num_frames} frames (the model's temporal position "
             f"embedding length), got {frames}"
         )
+
+
+def abstract_model(config: SasMambaConfig) -> SasMamba:
+    """``SasMamba(config)`` with a ``jax.ShapeDtypeStruct`` for every array: nothing allocated.
+
+    The target that loaders fill in. Traced once per config in a process (a
+    published config takes about a second); every call returns a new module.
+    """
+    graphdef, state = _abstract_graph_and_state(config)
+    return nnx.merge(graphdef, state)
+
+
+@functools.cache
+def _abstract_graph_and_state(config: SasMambaConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(nnx.eval_shape(lambda: SasMamba(config, rngs=nnx.Rngs(0))))

@@ -20,7 +20,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from sasmamba_jax.io.workdirs import training_model_config
-from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig
+from sasmamba_jax.model.sasmamba import SasMamba, SasMambaConfig, abstract_model
 from sasmamba_jax.parallel import sharding
 from sasmamba_jax.train import losses
 
@@ -162,7 +162,10 @@ def abstract_train_state(
     ``mesh``, every array also carries the sharding ``place_state`` gives it
     there: the target to restore a checkpoint into.
     """
-    state = jax.eval_shape(lambda: _new_train_state(config, create_model(config), steps_per_epoch))
+    graphdef, params = nnx.split(abstract_model(model_config(config)))
+    state = jax.eval_shape(
+        lambda params: _new_train_state(config, nnx.merge(graphdef, params), steps_per_epoch), params
+    )
     if mesh is None:
         return state
     return state.with_arrays(sharding.restore_target(state.arrays(), mesh))
