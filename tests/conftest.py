@@ -10,6 +10,8 @@ import pytest
 DATA_DIR = pathlib.Path(__file__).parent / "data"
 # A few test runs' compiles (one run of the suite writes about 200 MB).
 CACHE_MAX_BYTES = 2 * 2**30
+# Shorter compiles are compiled again rather than cached (pytest_configure says why).
+CACHE_MIN_COMPILE_TIME_S = 0.5
 
 # The tests run on the CPU (fake CPU devices for the multi-device ones). With
 # the CUDA plugin installed for the deviceless GPU compiles, a process that
@@ -34,9 +36,11 @@ def pytest_configure(config: pytest.Config) -> None:
     It lives in pytest's cache folder (``.pytest_cache``; ``--cache-clear``
     empties it), so a second run loads what the first compiled instead of
     compiling it again, and within a run a resumed training or a second
-    train.py process compiles nothing twice. Every compile is kept, the
-    small ones too: a test run is thousands of them. Set here, before any
-    test module imports jax; settings from the environment are kept.
+    train.py process compiles nothing twice. Only compiles of at least
+    CACHE_MIN_COMPILE_TIME_S are kept: a run is thousands of small compiles,
+    and writing every one of them, under the lock below, took longer than
+    compiling them again (docs/performance.md, "The test suite"). Set here,
+    before any test module imports jax; settings from the environment are kept.
 
     A size limit also makes jax lock the folder for every read and write:
     without one it writes entries in place, unlocked, and a process that
@@ -49,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if pytest_cache is None:  # run with -p no:cacheprovider: no compilation cache either
             return
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(pytest_cache.mkdir("jax-compilation-cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", str(CACHE_MIN_COMPILE_TIME_S))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_MAX_BYTES))
 
