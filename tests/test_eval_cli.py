@@ -10,16 +10,15 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
+import workdir_checkpoints
 from sasmamba_jax.configs import tiny
 
 from sasmamba_jax import skeleton
 from sasmamba_jax.evaluate import tasks
 from sasmamba_jax.io.loader import load_model
 from sasmamba_jax.model.forward import predict
-from sasmamba_jax.train import checkpoints, recipe
 
 pytest.importorskip("torch")
 
@@ -122,13 +121,8 @@ def workdir(tmp_path_factory):
         config.data.test_stride = 81
         config.eval.batch_size = 16
         config.eval.flip = False
-    abstract = recipe.abstract_train_state(config)
-    state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
     directory = tmp_path_factory.mktemp("workdir")
-    latest, best = checkpoints.checkpoint_managers(str(directory), keep=1)
-    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
-    latest.wait_until_finished()
-    latest.close(), best.close()
+    workdir_checkpoints.save_step_one(directory, config)
     return directory
 
 

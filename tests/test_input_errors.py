@@ -12,14 +12,14 @@ import pickle
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
+import workdir_checkpoints
 from sasmamba_jax.configs import tiny
 
 from sasmamba_jax.cli import infer, program
 from sasmamba_jax.io import loader, model_dirs
-from sasmamba_jax.train import checkpoints, loop, recipe
+from sasmamba_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
@@ -119,13 +119,7 @@ def test_resuming_a_workdir_of_another_model_ends_in_one_line(tmp_path, capsys):
     other = tiny.get_config()
     with other.unlocked():
         other.model.dim = 16
-    # Zeros of the other model's shapes: nothing to compile.
-    abstract = recipe.abstract_train_state(other)
-    state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
-    latest, best = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
-    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, other))
-    latest.wait_until_finished()
-    latest.close(), best.close()
+    workdir_checkpoints.save_step_one(tmp_path, other)
     error = _one_line_exit(capsys, lambda: loop.train_and_evaluate(tiny.get_config(), str(tmp_path)))
     assert "cannot resume from step 1" in error
 

@@ -6,9 +6,8 @@ infer and export load with.
 
 import json
 
-import jax
-import numpy as np
 import pytest
+import workdir_checkpoints
 from sasmamba_jax.configs import common, tiny
 
 from sasmamba_jax.cli import convert as convert_cli
@@ -16,7 +15,6 @@ from sasmamba_jax.io import loader, model_dirs
 from sasmamba_jax.io.loader import DEFAULT_SCAN
 from sasmamba_jax.model.sasmamba import SasMambaConfig
 from sasmamba_jax.ops.selective_scan import resolve_backend
-from sasmamba_jax.train import checkpoints, recipe
 
 pytest.importorskip("torch")
 
@@ -50,10 +48,6 @@ def test_training_workdirs_load_with_the_auto_scan_whatever_they_trained_with(tm
     with config.unlocked():
         config.model.scan = "chunked"
     # Zeros of the state's shapes: only the recorded config matters here, nothing to compile.
-    abstract = recipe.abstract_train_state(config)
-    state = abstract.with_arrays(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()))
-    latest, best = checkpoints.checkpoint_managers(str(tmp_path), keep=1)
-    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
-    latest.close(), best.close()
+    workdir_checkpoints.save_step_one(tmp_path, config)
     assert loader.load_model(tmp_path).config.scan == "auto"
     assert loader.load_model(tmp_path, scan="chunked").config.scan == "chunked"

@@ -25,6 +25,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import workdir_checkpoints
 from flax import nnx
 from sasmamba_jax.configs import tiny
 
@@ -34,7 +35,7 @@ from sasmamba_jax.evaluate import tasks
 from sasmamba_jax.io import loader, model_dirs, pytorch, serving
 from sasmamba_jax.lifting import sequences
 from sasmamba_jax.parallel import sharding
-from sasmamba_jax.train import checkpoints, loop, recipe
+from sasmamba_jax.train import loop, recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 4
@@ -175,15 +176,12 @@ def random_workdir(tmp_path_factory):
     """A train.py workdir holding one checkpoint of random parameters (nothing compiled)."""
     workdir = tmp_path_factory.mktemp("random")
     config = _small_config()
-    abstract = recipe.abstract_train_state(config)
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype), abstract.params)
-    state = abstract.with_arrays(
-        {**jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract.arrays()), "params": params}
+    params = jax.tree.map(
+        lambda x: (0.2 * rng.standard_normal(x.shape)).astype(x.dtype),
+        recipe.abstract_train_state(config).params,
     )
-    latest, best = checkpoints.checkpoint_managers(str(workdir), keep=1)
-    latest.save(1, args=checkpoints.save_args(state, {"epoch": 0, "step_in_epoch": 1}, config))
-    latest.close(), best.close()
+    workdir_checkpoints.save_step_one(workdir, config, params)
     return str(workdir)
 
 
